@@ -1,0 +1,48 @@
+# The README's commands. `make run` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= tiny
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := true
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-fast data bench s3-up s3-down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dgr2 data --config configs/$(PROFILE).yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not integration and not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/data_flow.py --config configs/$(PROFILE).yaml
+
+s3-up: $(STAMP)
+	PATH=$(BIN):$$PATH infra/local/s3-up.sh
+
+s3-down:
+	infra/local/s3-down.sh
+
+clean:
+	rm -rf .dgr2 $(VENV)

@@ -1,0 +1,181 @@
+"""One config schema for every stage.
+
+Profiles in ``configs/<profile>.yaml`` hold only the values that differ from the defaults below;
+``--set section.key=value`` overrides are applied on top. Unknown keys are rejected, so a typo
+fails loudly instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    # Local directory or s3://bucket/prefix. boto3 takes endpoint, keys and region from the
+    # environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
+    artifact_root: str = ".dgr2/artifacts"
+    # Local scratch space: downloads from S3, Data Docs, Feast stores.
+    work_dir: str = ".dgr2/work"
+
+
+class DataConfig(_Section):
+    # A directory (local or s3://) holding either the bundled layout
+    # (interactions.tsv.gz + items.jsonl[.gz]) or Amazon review JSON lines (reviews + metadata).
+    source_uri: str = "data/amazon-beauty"
+    format: Literal["auto", "bundled", "amazon-json"] = "auto"
+    # File names inside source_uri for the amazon-json format (gzip optional).
+    reviews_file: str = "reviews.json.gz"
+    metadata_file: str = "meta.json.gz"
+
+
+class ValidationConfig(_Section):
+    # 5-core data: every user has at least 5 interactions (McAuley 2014 5-core filter).
+    min_interactions_per_user: int = Field(5, ge=1)
+    # Share of items that must carry a non-empty title; Beauty has 99.94%.
+    min_title_coverage: float = Field(0.99, ge=0.0, le=1.0)
+
+
+class SemanticIdConfig(_Section):
+    # Text embedding + residual k-means (GR2 section 2.3: RQ with k-means init), then one more
+    # level that makes IDs unique by assigning distinct codes inside each collision group.
+    quantized_levels: int = Field(3, ge=1, le=6)
+    codebook_size: int = Field(256, ge=2)
+    # Size of the uniqueness level; must exceed the longest collision chain.
+    last_level_size: int = Field(256, ge=2)
+    kmeans_iterations: int = Field(50, ge=1)
+    encode_batch_size: int = Field(128, ge=1)
+    seed: int = 0
+
+
+class CandidatesConfig(_Section):
+    num_candidates: int = Field(10, ge=2)
+    # Most recent history items kept per example (H).
+    history_max: int = Field(20, ge=1)
+    # Train examples per user, taken from the latest train positions backwards.
+    train_examples_per_user: int = Field(2, ge=0)
+    # uniform: items the user never interacted with, as in the papers' regime;
+    # popularity: sampled proportional to popularity; hard: the pre-ranker's own top scorers.
+    negatives: Literal["uniform", "popularity", "hard"] = "uniform"
+    # Users are split into folds; the pre-ranker for a user's examples is fitted on the other
+    # folds only, so it never saw that example's target interaction.
+    pre_ranker_folds: int = Field(5, ge=2)
+    # How many of the latest history items vote in the transition pre-ranker, with recency decay.
+    pre_ranker_window: int = Field(3, ge=1)
+    pre_ranker_decay: float = Field(0.5, gt=0.0, le=1.0)
+    # The paper's test sample size (Diffusion-GR2: 1,615 Beauty test users).
+    test_sample_size: int = Field(1615, ge=1)
+    seed: int = 0
+
+
+class PromptConfig(_Section):
+    # Titles make prompts long; the CPU profile shows SID + category only.
+    include_title: bool = False
+    max_title_chars: int = Field(60, ge=8)
+
+
+class FeaturesConfig(_Section):
+    enabled: bool = True
+    # Feast registry: "sql" (SQLAlchemy, sqlite or postgres URL) or "file".
+    registry_type: Literal["sql", "file"] = "sql"
+    # Empty means sqlite under work_dir.
+    registry_path: str = ""
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+    project: str = "dgr2"
+
+
+class EvaluationConfig(_Section):
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class Config(_Section):
+    profile: str = "default"
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    semantic_ids: SemanticIdConfig = SemanticIdConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    prompts: PromptConfig = PromptConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "Config":
+        if self.candidates.pre_ranker_window > self.candidates.history_max:
+            raise ValueError("candidates.pre_ranker_window must not exceed candidates.history_max")
+        return self
+
+    def slice_hash(self, *sections: str) -> str:
+        """Stable hash of the named config sections (a stage's cache key uses its own slice)."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the field."""
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives ints, floats, bools and lists their natural types.
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a profile YAML (or the embedded defaults) and apply ``key=value`` overrides.
+
+    Args:
+        path: a YAML profile; ``None`` uses the embedded defaults.
+        overrides: ``section.key=value`` strings, applied in order.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or a value of the wrong type, naming the field.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides or []:
+        key_path, value = _parse_override(item)
+        _set_path(tree, key_path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None

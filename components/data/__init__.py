@@ -1,0 +1,1 @@
+"""Data plane: ingest into content-hashed dataset versions, validation suites, splits."""

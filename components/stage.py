@@ -1,0 +1,48 @@
+"""What every stage shares: its result type and how its output is named.
+
+A stage's output directory is named by the hash of its inputs' URIs, its config slice and the
+source of the code that computes it, so re-running an unchanged stage finds its output and does no
+work, while a change to any of the three produces a new output (and everything downstream follows).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+_COMPONENTS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class StageResult:
+    """Output URIs and flat metrics of one stage; ``cached`` is True when nothing was recomputed."""
+
+    outputs: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.cache
+def code_version(*subpackages: str) -> str:
+    """Hash of the Python source of the named ``components`` subpackages (or modules)."""
+    digest = hashlib.sha256()
+    for name in sorted(subpackages):
+        root = _COMPONENTS_DIR / name
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+        for path in files:
+            digest.update(str(path.relative_to(_COMPONENTS_DIR)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_key(stage: str, inputs: dict[str, str], config_hash: str, code: str) -> str:
+    """Name of a stage's output: hash of (stage, input URIs, config slice hash, code version)."""
+    payload = json.dumps({"stage": stage, "inputs": inputs, "config": config_hash, "code": code}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,209 @@
+"""Local-or-S3 directory storage with atomic publish (see the package docstring)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+COMPLETE_MARKER = "_COMPLETE"
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: an s3:// URI needs a bucket name")
+    return bucket, key.strip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(uri).joinpath(*parts))
+
+
+@functools.cache
+def s3_client() -> Any:
+    """One boto3 S3 client per process; configuration comes from the environment."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    # Path-style addressing works with every S3-compatible server (SeaweedFS, MinIO) and AWS.
+    return boto3.client("s3", config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5}))
+
+
+def _s3_call(uri: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"{uri}: {exc}") from exc
+
+
+def exists(uri: str) -> bool:
+    """True if a published directory (its completion marker) or a plain file exists at ``uri``."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        for candidate in (f"{key}/{COMPLETE_MARKER}", key):
+            try:
+                client.head_object(Bucket=bucket, Key=candidate)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise StorageError(f"{uri}: {exc}") from exc
+        return False
+    path = Path(uri)
+    return (path / COMPLETE_MARKER).is_file() if path.is_dir() else path.is_file()
+
+
+def _manifest(local_dir: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(local_dir)): p.stat().st_size
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_MARKER
+    }
+
+
+def publish_dir(local_dir: str | Path, uri: str) -> str:
+    """Publish the contents of ``local_dir`` at ``uri`` atomically; returns ``uri``.
+
+    If ``uri`` already holds a complete directory it is left as it is (outputs are named by the
+    hash of what produced them, so an existing one has the same content).
+    """
+    local_dir = Path(local_dir)
+    if exists(uri):
+        return uri
+    manifest = _manifest(local_dir)
+    marker = json.dumps({"files": manifest}, sort_keys=True)
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        client = s3_client()
+        uploaded: list[str] = []
+        try:
+            for rel in manifest:
+                key = f"{prefix}/{rel}"
+                _s3_call(uri, client.upload_file, str(local_dir / rel), bucket, key)
+                uploaded.append(key)
+            _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
+        except BaseException:
+            for key in uploaded:
+                try:
+                    client.delete_object(Bucket=bucket, Key=key)
+                except Exception:  # noqa: BLE001 - best-effort cleanup; the marker is absent anyway
+                    pass
+            raise
+        return uri
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        shutil.copytree(local_dir, staging)
+        (staging / COMPLETE_MARKER).write_text(marker)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Another writer published the same content first, or a stale incomplete directory
+            # is in the way: replace the latter, keep the former.
+            if exists(uri):
+                return uri
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return uri
+
+
+def fetch_dir(uri: str, work_dir: str | Path) -> Path:
+    """A local path holding the published directory ``uri`` (downloaded once if on S3)."""
+    if not exists(uri):
+        raise StorageError(f"{uri}: no published directory here")
+    if not is_s3(uri):
+        return Path(uri)
+    cache = Path(work_dir) / "cache" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if (cache / COMPLETE_MARKER).is_file():
+        return cache
+    bucket, prefix = split_s3(uri)
+    client = s3_client()
+    marker = json.loads(_s3_call(uri, client.get_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}")["Body"].read())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".fetch-"))
+    try:
+        for rel in marker["files"]:
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _s3_call(uri, client.download_file, bucket, f"{prefix}/{rel}", str(dest))
+        (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
+        shutil.rmtree(cache, ignore_errors=True)
+        os.rename(staging, cache)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache
+
+
+def fetch_file(uri: str, work_dir: str | Path) -> Path:
+    """A local path for the single file ``uri`` (downloaded if on S3)."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.is_file():
+            raise StorageError(f"{uri}: file does not exist")
+        return path
+    bucket, key = split_s3(uri)
+    dest = Path(work_dir) / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:24] / Path(key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _s3_call(uri, s3_client().download_file, bucket, key, str(dest))
+    return dest
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the immediate sub-directories (prefixes) under ``uri``."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        paginator = s3_client().get_paginator("list_objects_v2")
+        names: list[str] = []
+        for page in _s3_call(uri, lambda: list(paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/", Delimiter="/"))):
+            names += [p["Prefix"][len(prefix) + 1 :].strip("/") for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+    path = Path(uri)
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+def read_json(uri: str) -> Any:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        body = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)["Body"].read()
+        return json.loads(body)
+    return json.loads(Path(uri).read_text())
+
+
+def write_json(uri: str, payload: Any) -> None:
+    """Write a small JSON document (single object put on S3, rename on disk: both atomic)."""
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data.encode())
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(data)
+    os.replace(tmp, path)
