@@ -12,7 +12,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from components import storage
+
+if TYPE_CHECKING:
+    from components.config import Config
 
 _COMPONENTS_DIR = Path(__file__).resolve().parent
 
@@ -46,3 +51,17 @@ def stage_key(stage: str, inputs: dict[str, str], config_hash: str, code: str) -
     """Name of a stage's output: hash of (stage, input URIs, config slice hash, code version)."""
     payload = json.dumps({"stage": stage, "inputs": inputs, "config": config_hash, "code": code}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What names a stage's output: its config sections and the code packages it runs."""
+
+    name: str
+    config_sections: tuple[str, ...]
+    code: tuple[str, ...]
+
+    def output_uri(self, cfg: "Config", inputs: dict[str, str]) -> str:
+        """Where this stage's output for these inputs lives (the orchestrator's cache key too)."""
+        key = stage_key(self.name, inputs, cfg.slice_hash(*self.config_sections), code_version(*self.code))
+        return storage.join(cfg.storage.artifact_root, self.name, key)

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -110,7 +110,7 @@ def _read_bundled(directory: Path) -> Dataset:
     items_path = _first_existing(directory, ["items.jsonl.gz", "items.jsonl"], "items")
     try:
         frame = pd.read_csv(inter_path, sep="\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as exc:
         raise DataError(f"{inter_path}: cannot be parsed as TSV ({exc})") from None
     missing = [c for c in ("user_id", "item_id", "position") if c not in frame.columns]
     if missing:
@@ -145,7 +145,10 @@ def _read_bundled(directory: Path) -> Dataset:
                 "description": _optional_str(record.get("description"), items_path, line_no, "description") or "",
             }
         )
-    return Dataset(interactions, pd.DataFrame(rows, columns=ITEM_COLUMNS))
+    dataset = Dataset(interactions, pd.DataFrame(rows, columns=ITEM_COLUMNS))
+    # Row i of the frame is line i + 2 of the file (line 1 is the header).
+    _check_consistency(dataset, inter_path, range(2, len(interactions) + 2), items_path)
+    return dataset
 
 
 def _flatten_categories(value: Any, path: Path, line_no: int) -> list[str]:
@@ -169,6 +172,7 @@ def _read_amazon_json(directory: Path, cfg: DataConfig) -> Dataset:
     reviews_path = _first_existing(directory, [cfg.reviews_file, cfg.reviews_file.removesuffix(".gz")], "reviews")
     meta_path = _first_existing(directory, [cfg.metadata_file, cfg.metadata_file.removesuffix(".gz")], "metadata")
     reviews = []
+    lines: list[int] = []
     for line_no, record in _json_lines(reviews_path, allow_python_literals=True):
         timestamp = record.get("unixReviewTime")
         if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
@@ -180,11 +184,9 @@ def _read_amazon_json(directory: Path, cfg: DataConfig) -> Dataset:
                 timestamp,
             )
         )
+        lines.append(line_no)
     frame = pd.DataFrame(reviews, columns=["user_id", "item_id", "timestamp"])
     frame["timestamp"] = frame["timestamp"].astype("Int64")
-    # A stable sort by time keeps same-day reviews in file order (the S3-Rec/P5 convention).
-    frame = frame.sort_values(["user_id", "timestamp"], kind="stable", na_position="first").reset_index(drop=True)
-    frame["position"] = frame.groupby("user_id").cumcount().astype("int64")
 
     items = []
     for line_no, record in _json_lines(meta_path, allow_python_literals=True):
@@ -197,7 +199,13 @@ def _read_amazon_json(directory: Path, cfg: DataConfig) -> Dataset:
                 "description": _optional_str(record.get("description"), meta_path, line_no, "description") or "",
             }
         )
-    return Dataset(frame[INTERACTION_COLUMNS], pd.DataFrame(items, columns=ITEM_COLUMNS))
+    items_frame = pd.DataFrame(items, columns=ITEM_COLUMNS)
+    # Checked while rows are still in file order, so an error can name the review's line.
+    _check_consistency(Dataset(frame, items_frame), reviews_path, lines, meta_path)
+    # A stable sort by time keeps same-day reviews in file order (the S3-Rec/P5 convention).
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable", na_position="first").reset_index(drop=True)
+    frame["position"] = frame.groupby("user_id").cumcount().astype("int64")
+    return Dataset(frame[INTERACTION_COLUMNS], items_frame)
 
 
 def _detect_format(directory: Path, cfg: DataConfig) -> str:
@@ -251,21 +259,26 @@ def read_source(cfg: DataConfig, work_dir: str | Path) -> Dataset:
 
 
 def _parse(directory: Path, fmt: str, cfg: DataConfig) -> Dataset:
-    dataset = _read_bundled(directory) if fmt == "bundled" else _read_amazon_json(directory, cfg)
-    _check_consistency(dataset, directory)
-    return dataset
+    return _read_bundled(directory) if fmt == "bundled" else _read_amazon_json(directory, cfg)
 
 
-def _check_consistency(dataset: Dataset, directory: Path) -> None:
+def _check_consistency(dataset: Dataset, inter_path: Path, lines: Sequence[int], items_path: Path) -> None:
+    """Both files non-empty and every interaction names a known item.
+
+    ``lines[i]`` is the line of ``inter_path`` that row ``i`` of the interactions came from.
+    """
     if dataset.interactions.empty:
-        raise DataError(f"{directory}: no interactions")
+        raise DataError(f"{inter_path}: no interactions")
     if dataset.items.empty:
-        raise DataError(f"{directory}: no items")
-    known = set(dataset.items["item_id"])
-    unknown = sorted(set(dataset.interactions["item_id"]) - known)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise DataError(f"{directory}: {len(unknown)} interacted item(s) have no item row: {shown}")
+        raise DataError(f"{items_path}: no items")
+    unknown = ~dataset.interactions["item_id"].isin(dataset.items["item_id"])
+    if unknown.any():
+        row = int(unknown.to_numpy().argmax())
+        others = dataset.interactions.loc[unknown, "item_id"].nunique() - 1
+        raise DataError(
+            f"{inter_path}:{lines[row]}: item {dataset.interactions['item_id'].iloc[row]!r} has no row in "
+            f"{items_path}" + (f" ({others} more unknown item(s))" if others else "")
+        )
 
 
 # --------------------------------------------------------------------------- canonical form

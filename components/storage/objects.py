@@ -44,16 +44,21 @@ def s3_client() -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
+    # A session of its own: boto3's default session keeps the credentials it first resolved, so
+    # after s3_client.cache_clear() a new client would still sign with the old keys.
+    session = boto3.Session()
     # Path-style addressing works with every S3-compatible server (SeaweedFS, MinIO) and AWS.
-    return boto3.client("s3", config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5}))
+    return session.client("s3", config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 5}))
 
 
 def _s3_call(uri: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return fn(*args, **kwargs)
-    except (BotoCoreError, ClientError) as exc:
+    # The transfer helpers (upload_file, download_file) wrap client errors in Boto3Error.
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
         raise StorageError(f"{uri}: {exc}") from exc
 
 
@@ -100,10 +105,13 @@ def publish_dir(local_dir: str | Path, uri: str) -> str:
         client = s3_client()
         uploaded: list[str] = []
         try:
+            _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
             for rel in manifest:
                 key = f"{prefix}/{rel}"
-                _s3_call(uri, client.upload_file, str(local_dir / rel), bucket, key)
+                # Recorded before the upload: a request that fails after the server stored the
+                # object (e.g. a lost response) must not leave it behind.
                 uploaded.append(key)
+                _s3_call(uri, client.upload_file, str(local_dir / rel), bucket, key)
             _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
         except BaseException:
             for key in uploaded:
@@ -178,10 +186,12 @@ def list_dirs(uri: str) -> list[str]:
     """Names of the immediate sub-directories (prefixes) under ``uri``."""
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
+        # At the bucket root the listing prefix is empty, not "/".
+        prefix = f"{prefix}/" if prefix else ""
         paginator = s3_client().get_paginator("list_objects_v2")
         names: list[str] = []
-        for page in _s3_call(uri, lambda: list(paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/", Delimiter="/"))):
-            names += [p["Prefix"][len(prefix) + 1 :].strip("/") for p in page.get("CommonPrefixes", [])]
+        for page in _s3_call(uri, lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"))):
+            names += [p["Prefix"][len(prefix) :].strip("/") for p in page.get("CommonPrefixes", [])]
         return sorted(names)
     path = Path(uri)
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
@@ -192,7 +202,11 @@ def read_json(uri: str) -> Any:
         bucket, key = split_s3(uri)
         body = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)["Body"].read()
         return json.loads(body)
-    return json.loads(Path(uri).read_text())
+    try:
+        return json.loads(Path(uri).read_text())
+    except FileNotFoundError:
+        # As on S3 (NoSuchKey), so callers need not know which backend they read from.
+        raise StorageError(f"{uri}: file does not exist") from None
 
 
 def write_json(uri: str, payload: Any) -> None:

@@ -1,0 +1,171 @@
+"""The candidates stage: leave-one-out targets -> N-item candidate lists in pre-rank order.
+
+Each list is the target plus N-1 negatives, ordered by the pre-ranker's score, so the target sits
+at the rank its own score gives it (never at a fixed slot). How negatives are drawn decides how hard
+the task is (DESIGN.md, "Candidate lists"): ``uniform`` (items the user never interacted with, the
+papers' regime) is the default; ``popularity`` and ``hard`` (the pre-ranker's own top scorers) are
+selectable and report their own floors.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from components import storage
+from components.candidates.prerank import TransitionPreRanker, user_folds
+from components.candidates.splits import leave_one_out_targets
+from components.config import CandidatesConfig, Config
+from components.data.ingest import load_dataset
+from components.evaluation.metrics import floor_metrics
+from components.stage import StageResult, StageSpec
+
+CANDIDATES_STAGE = StageSpec("candidates", ("candidates", "evaluation"), ("candidates", "evaluation", "data"))
+
+# Random draws per example before rejection; uniform negatives almost never need a second round.
+_OVERSAMPLE = 4
+
+
+def _recent_histories(sequences: dict[str, np.ndarray], targets: pd.DataFrame, window: int) -> np.ndarray:
+    """(n, window) item indices before each target, most recent first, -1 padded."""
+    recent = np.full((len(targets), window), -1, dtype=np.int64)
+    for row, (user, position) in enumerate(zip(targets["user_id"], targets["target_position"])):
+        before = sequences[user][max(0, position - window) : position][::-1]
+        recent[row, : len(before)] = before
+    return recent
+
+
+def _draw_negatives(
+    ranker: TransitionPreRanker,
+    targets: np.ndarray,
+    recent: np.ndarray,
+    seen: list[set[int]],
+    cfg: CandidatesConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n, N-1) distinct negatives per example, none of them an item the user interacted with."""
+    need = cfg.num_candidates - 1
+    n_items = ranker.n_items
+    if cfg.negatives == "popularity":
+        cdf = np.cumsum(ranker.popularity + 1) / (ranker.popularity + 1).sum()  # +1: every item drawable
+        draw = lambda rows: np.minimum(np.searchsorted(cdf, rng.random((rows, need * _OVERSAMPLE))), n_items - 1)  # noqa: E731
+    else:
+        draw = lambda rows: rng.integers(0, n_items, size=(rows, need * _OVERSAMPLE))  # noqa: E731
+    by_popularity = np.argsort(-ranker.popularity, kind="stable")
+    negatives = np.empty((len(targets), need), dtype=np.int64)
+    pool = draw(len(targets))
+    for row in range(len(targets)):
+        if cfg.negatives == "hard":
+            scores: dict[int, float] = {}
+            for w, prev in enumerate(recent[row]):
+                if prev >= 0:
+                    items, probs = ranker.successors(int(prev))
+                    for item, prob in zip(items.tolist(), probs.tolist()):
+                        scores[item] = scores.get(item, 0.0) + cfg.pre_ranker_decay**w * prob
+            ranked = sorted(scores, key=lambda item: -scores[item])
+            stream = iter(ranked + by_popularity.tolist())
+        else:
+            stream = iter(pool[row].tolist())
+        chosen: list[int] = []
+        while len(chosen) < need:
+            item = next(stream, None)
+            if item is None:  # the oversampled draws ran out: draw again for this row
+                stream = iter(draw(1)[0].tolist())
+                continue
+            if item not in seen[row] and item not in chosen:
+                chosen.append(item)
+        negatives[row] = chosen
+    return negatives
+
+
+def build_candidate_lists(interactions: pd.DataFrame, item_ids: np.ndarray, cfg: CandidatesConfig) -> pd.DataFrame:
+    """Targets with their candidate lists in pre-rank order, the target's pre-rank and the test sample flag."""
+    index_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    ordered = interactions.sort_values(["user_id", "position"], kind="stable")
+    codes = index_of.loc[ordered["item_id"]].to_numpy()
+    bounds = np.cumsum(ordered.groupby("user_id", sort=True).size().to_numpy())[:-1]
+    users = np.sort(ordered["user_id"].unique())
+    sequences = dict(zip(users, np.split(codes, bounds)))
+
+    targets = leave_one_out_targets(interactions, cfg.train_examples_per_user)
+    folds = user_folds(targets["user_id"], cfg.pre_ranker_folds, cfg.seed)
+    user_fold = dict(zip(users, user_folds(pd.Series(users), cfg.pre_ranker_folds, cfg.seed)))
+    rng = np.random.default_rng(cfg.seed)
+    candidates = np.empty((len(targets), cfg.num_candidates), dtype=np.int64)
+    pre_rank = np.empty(len(targets), dtype=np.int64)
+    for fold in tqdm(range(cfg.pre_ranker_folds), desc="pre-ranker folds", leave=False):
+        ranker = TransitionPreRanker.fit([s for u, s in sequences.items() if user_fold[u] != fold], len(item_ids))
+        rows = np.flatnonzero(folds == fold)
+        fold_targets = targets.iloc[rows]
+        target_codes = index_of.loc[fold_targets["target"]].to_numpy()
+        recent = _recent_histories(sequences, fold_targets, cfg.pre_ranker_window)
+        seen = [set(sequences[user].tolist()) for user in fold_targets["user_id"]]
+        negatives = _draw_negatives(ranker, target_codes, recent, seen, cfg, rng)
+        pool = np.concatenate([target_codes[:, None], negatives], axis=1)  # (n, N), target in column 0
+        # A tiny seeded jitter breaks score ties at random instead of by column (which would
+        # always favour the target).
+        scores = ranker.score(recent, pool, cfg.pre_ranker_decay) + rng.random(pool.shape) * 1e-9
+        order = np.argsort(-scores, axis=1, kind="stable")
+        candidates[rows] = np.take_along_axis(pool, order, axis=1)
+        pre_rank[rows] = np.argmax(order == 0, axis=1) + 1
+
+    targets["candidates"] = [item_ids[row].tolist() for row in candidates]
+    targets["target_pre_rank"] = pre_rank
+    test_users = np.sort(targets.loc[targets["split"] == "test", "user_id"].unique())
+    sample_size = min(cfg.test_sample_size, len(test_users))
+    sample = set(np.random.default_rng(cfg.seed).choice(test_users, size=sample_size, replace=False).tolist())
+    targets["in_test_sample"] = (targets["split"] == "test") & targets["user_id"].isin(sample)
+    return targets
+
+
+def floor_table(lists: pd.DataFrame, cfg: Config) -> dict[str, dict]:
+    """The pre-rank order's metrics per split and on the test sample."""
+    slices = {split: lists[lists["split"] == split] for split in ("train", "valid", "test")}
+    slices["test_sample"] = lists[lists["in_test_sample"]]
+    return {name: floor_metrics(part["target_pre_rank"].to_numpy(), cfg.evaluation) for name, part in slices.items() if len(part)}
+
+
+def read_candidate_lists(candidates_uri: str, work_dir: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(storage.fetch_dir(candidates_uri, work_dir) / "candidates.parquet")
+
+
+def build_candidates(cfg: Config, dataset_uri: str) -> StageResult:
+    """Split, fit the pre-ranker by user folds, and build the candidate lists.
+
+    Args:
+        cfg: run config (``cfg.candidates``).
+        dataset_uri: a published dataset version.
+
+    Returns:
+        ``outputs``: ``candidates_uri`` (candidates.parquet, floors.json); ``metrics``: example
+        counts, the floor table per split, and the train/valid leakage check.
+    """
+    candidates_uri = CANDIDATES_STAGE.output_uri(cfg, {"dataset": dataset_uri})
+    if storage.exists(candidates_uri):
+        metrics = json.loads((storage.fetch_dir(candidates_uri, cfg.storage.work_dir) / "metrics.json").read_text())
+        return StageResult({"candidates_uri": candidates_uri}, metrics, cached=True)
+
+    dataset = load_dataset(dataset_uri, cfg.storage.work_dir)
+    item_ids = np.sort(dataset.items["item_id"].to_numpy().astype(str))
+    lists = build_candidate_lists(dataset.interactions, item_ids, cfg.candidates)
+    floors = floor_table(lists, cfg)
+    train_r1 = floors["train"]["recall_at_1"]["mean"] if "train" in floors else None
+    valid_r1 = floors["valid"]["recall_at_1"]["mean"]
+    metrics = {
+        "examples": {split: int((lists["split"] == split).sum()) for split in ("train", "valid", "test")},
+        "test_sample_users": int(lists["in_test_sample"].sum()),
+        "negatives": cfg.candidates.negatives,
+        "floors": floors,
+        # Leakage check: a pre-ranker that saw its targets would make train floors far higher.
+        "train_valid_recall_at_1_relative_gap": None if train_r1 is None else abs(train_r1 - valid_r1) / valid_r1,
+    }
+    with tempfile.TemporaryDirectory(dir=cfg.storage.work_dir, prefix="candidates-") as staging:
+        lists.to_parquet(Path(staging) / "candidates.parquet", index=False)
+        (Path(staging) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        storage.publish_dir(staging, candidates_uri)
+    return StageResult({"candidates_uri": candidates_uri}, metrics)

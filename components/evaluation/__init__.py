@@ -1,0 +1,27 @@
+"""Evaluation: re-ranking metrics with bootstrap CIs, the pre-rank floor and answer scoring."""
+
+from components.evaluation.metrics import (
+    METRIC_NAMES,
+    answer_ranks,
+    bootstrap_ci,
+    evaluate_answers,
+    floor_metrics,
+    metric_values,
+    ndcg_at_k,
+    paired_difference_ci,
+    ranking_metrics,
+    recall_at_k,
+)
+
+__all__ = [
+    "METRIC_NAMES",
+    "answer_ranks",
+    "bootstrap_ci",
+    "evaluate_answers",
+    "floor_metrics",
+    "metric_values",
+    "ndcg_at_k",
+    "paired_difference_ci",
+    "ranking_metrics",
+    "recall_at_k",
+]

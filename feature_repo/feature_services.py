@@ -1,0 +1,23 @@
+"""Feature services: one per registered model version, which asks for features by service name."""
+
+from feast import FeatureService
+
+# See features.py for why siblings are imported this way.
+if __package__:
+    from .features import OWNER, item_features_view, user_history_view
+else:
+    from features import OWNER, item_features_view, user_history_view
+
+# What the re-ranker's prompt is built from: the user's history and the text of each item.
+# popularity stays out: it counts the whole dataset, so it would leak later interactions into
+# training examples.
+reranker_v1 = FeatureService(
+    name="reranker_v1",
+    features=[
+        user_history_view[["history_item_ids"]],
+        item_features_view[["sid", "title", "brand", "categories"]],
+    ],
+    description="Features of the GR2 / Diffusion-GR2 re-ranker, version 1.",
+    owner=OWNER,
+    tags={"model": "reranker", "version": "1"},
+)

@@ -1,0 +1,68 @@
+"""Feature views: a user's item history at each interaction, and the item catalogue."""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Array, Int64, String
+
+# `feast apply` chdirs into this directory and imports each file as a top-level module; the
+# pipeline imports the same files as the `feature_repo` package. Importing siblings the way this
+# module itself was imported keeps one object per definition, so Feast never sees two `user`s.
+if __package__:
+    from .data_sources import item_features_source, user_history_source
+    from .entities import item, user
+else:
+    from data_sources import item_features_source, user_history_source
+    from entities import item, user
+
+OWNER = "dgr2-ml-platform"
+
+# A TTL of 0 means rows never expire. The data spans 2002-2014 and a user's last history stays
+# their history however old it is; any finite TTL would drop long-inactive users from
+# point-in-time joins, and the item rows (stamped at the epoch) from every join.
+NO_EXPIRY = timedelta(0)
+
+user_history_view = FeatureView(
+    name="user_history_view",
+    entities=[user],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(
+            name="history_item_ids",
+            dtype=Array(String),
+            description="Item ids the user interacted with up to and including this event, most recent last.",
+        ),
+        Field(name="history_length", dtype=Int64, description="Number of ids in history_item_ids."),
+    ],
+    source=user_history_source,
+    online=True,
+    description=(
+        "A user's interaction history as of each of their interactions. Event times are the review day "
+        "plus the interaction's position in seconds (components/data/events.py), so same-day reviews "
+        "never tie and an as-of join at t holds exactly the interactions at or before t."
+    ),
+    owner=OWNER,
+    tags={"grain": "user-interaction", "dataset": "amazon-beauty"},
+)
+
+item_features_view = FeatureView(
+    name="item_features_view",
+    entities=[item],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(name="sid", dtype=String, description="Semantic ID string, e.g. <s_a_97><s_b_168><s_c_137><s_d_3>."),
+        Field(name="title", dtype=String, description="Product title; empty when the metadata has none."),
+        Field(name="brand", dtype=String, description="Brand; null when the metadata has none."),
+        Field(name="categories", dtype=Array(String), description="Category names, root category dropped."),
+        Field(
+            name="popularity",
+            dtype=Int64,
+            description="Interactions with the item in the whole dataset version: a catalogue statistic, not point-in-time.",
+        ),
+    ],
+    source=item_features_source,
+    online=True,
+    description="Static item attributes and semantic IDs, one row per item stamped at the Unix epoch.",
+    owner=OWNER,
+    tags={"grain": "item", "dataset": "amazon-beauty"},
+)

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers that add caching, retries, logging and artifacts to components."""

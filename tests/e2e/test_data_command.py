@@ -1,0 +1,84 @@
+"""``dgr2 data`` end to end, through the real CLI and the real Prefect flow, on a slice of Beauty."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import BUNDLED_DATA, REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def beauty_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 users of the bundled data and the items they touched, in the bundled layout."""
+    directory = tmp_path_factory.mktemp("beauty-slice")
+    interactions = pd.read_csv(BUNDLED_DATA / "interactions.tsv.gz", sep="\t")
+    interactions = interactions[interactions["user_id"] <= 300]
+    interactions.to_csv(directory / "interactions.tsv.gz", sep="\t", index=False)
+    wanted = set(interactions["item_id"])
+    with gzip.open(BUNDLED_DATA / "items.jsonl.gz", "rt") as source, open(directory / "items.jsonl", "w") as target:
+        target.writelines(line for line in source if json.loads(line)["item_id"] in wanted)
+    return directory
+
+
+def _dgr2(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
+    return subprocess.run(
+        [sys.executable, "-m", "components.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_data_command_json_then_cached_rerun(beauty_slice: Path, tmp_path: Path):
+    overrides = [
+        "--set", f"data.source_uri={beauty_slice}",
+        "--set", f"storage.artifact_root={tmp_path / 'artifacts'}",
+        "--set", f"storage.work_dir={tmp_path / 'work'}",
+        "--set", "candidates.test_sample_size=100",
+        "--set", "semantic_ids.codebook_size=32",
+    ]
+    first = _dgr2(["data", "--config", "configs/tiny.yaml", *overrides, "--json"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)  # stdout holds exactly one JSON object
+    assert summary["dataset"]["users"] == 300
+    assert summary["semantic_ids"]["unique_rate"] == 1.0
+    assert summary["examples"]["test"] == 300
+    assert summary["floors"]["test_sample"]["n"] == 100
+    assert set(summary["floors"]) == {"train", "valid", "test", "test_sample"}
+    assert Path(summary["outputs"]["data_docs_path"]).is_file()
+    assert not any(summary["cached"].values())
+
+    second = _dgr2(["data", "--config", "configs/tiny.yaml", *overrides, "--json"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads(second.stdout)
+    assert again["dataset_version"] == summary["dataset_version"]
+    assert again["outputs"] == summary["outputs"]
+    assert all(again["cached"].values()), again["cached"]
+
+
+def test_bad_override_names_the_field(tmp_path: Path):
+    result = _dgr2(["data", "--set", "candidates.num_candidates=zero", "--json"], tmp_path)
+    assert result.returncode == 2
+    assert "candidates.num_candidates" in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path):
+    result = _dgr2(
+        [
+            "data",
+            "--set", f"data.source_uri={tmp_path / 'nowhere'}",
+            "--set", f"storage.artifact_root={tmp_path / 'artifacts'}",
+            "--set", f"storage.work_dir={tmp_path / 'work'}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "artifacts" / "datasets").exists()

@@ -1,0 +1,200 @@
+"""Storage and ingest against a real S3 server (SeaweedFS, started once for the session)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from components import storage
+from components.data.ingest import ingest, load_dataset
+from tests.conftest import BUNDLED_DATA
+from tests.integration.conftest import S3Server
+from tests.unit.data.test_ingest import write_amazon, write_bundled
+
+pytestmark = pytest.mark.integration
+
+DATASET_FILES = ("interactions.parquet", "items.parquet", "stats.json")
+# Operations that change a bucket; a cached ingest must issue none of them.
+WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "CopyObject", "DeleteObject", "DeleteObjects"}
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own: the server and its buckets are shared by the session."""
+    return f"{re.sub(r'[^A-Za-z0-9]+', '-', request.node.name)}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def s3_operations(s3: S3Server) -> list[tuple[str, str]]:
+    """(operation, key) of each call the storage module's client makes, in order."""
+    sent: list[tuple[str, str]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, params.get("Key", "")))
+
+    # The client is the one the code under test gets: cached, and fresh for this test.
+    storage.s3_client().meta.events.register("provide-client-params.s3", record)
+    return sent
+
+
+def _upload(s3: S3Server, local_dir: Path, prefix: str) -> str:
+    client = s3.client()
+    for path in sorted(local_dir.iterdir()):
+        client.upload_file(str(path), s3.raw_bucket, f"{prefix}/{path.name}")
+    return f"s3://{s3.raw_bucket}/{prefix}"
+
+
+def _objects(s3: S3Server, prefix: str) -> dict[str, int]:
+    """Key -> size of every object under ``prefix`` in the artifact bucket."""
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.artifact_bucket, Prefix=prefix)
+    return {obj["Key"]: obj["Size"] for page in pages for obj in page.get("Contents", [])}
+
+
+def _config(make_config: Callable[..., Any], source: str, artifact_root: str) -> Any:
+    return make_config(f"data.source_uri={source}", f"storage.artifact_root={artifact_root}")
+
+
+@pytest.mark.parametrize("write_source", [write_bundled, write_amazon], ids=["bundled", "amazon-json"])
+def test_ingest_from_s3_publishes_once(
+    s3: S3Server,
+    s3_operations: list[tuple[str, str]],
+    prefix: str,
+    tmp_path: Path,
+    make_config: Callable[..., Any],
+    write_source: Callable[[Path], Path],
+) -> None:
+    local_source = write_source(tmp_path / "src")
+    root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
+    cfg = _config(make_config, _upload(s3, local_source, f"{prefix}/raw"), root)
+
+    result = ingest(cfg)
+
+    version = result.outputs["dataset_version"]
+    assert result.outputs["dataset_uri"] == f"{root}/datasets/{version}"
+    dataset_key = f"{prefix}/artifacts/datasets/{version}"
+    objects = _objects(s3, f"{dataset_key}/")
+    assert set(objects) == {f"{dataset_key}/{name}" for name in (*DATASET_FILES, storage.COMPLETE_MARKER)}
+    marker = s3.client().get_object(Bucket=s3.artifact_bucket, Key=f"{dataset_key}/{storage.COMPLETE_MARKER}")
+    assert json.loads(marker["Body"].read()) == {"files": {name: objects[f"{dataset_key}/{name}"] for name in DATASET_FILES}}
+    # The marker goes up after every file; then the index that maps these input bytes to it.
+    puts = [key for operation, key in s3_operations if operation == "PutObject"]
+    assert puts[:-1] == [f"{dataset_key}/{name}" for name in (*DATASET_FILES, storage.COMPLETE_MARKER)]
+    assert puts[-1].startswith(f"{prefix}/artifacts/datasets/_by_input/")
+    assert storage.list_dirs(f"{root}/datasets") == sorted([version, "_by_input"])
+
+    # What came back from S3 is what a local ingest of the same files produces.
+    assert ingest(make_config(f"data.source_uri={local_source}")).outputs["dataset_version"] == version
+    dataset = load_dataset(result.outputs["dataset_uri"], cfg.storage.work_dir)
+    assert len(dataset.interactions) == result.metrics["interactions"]
+
+    before = _objects(s3, f"{prefix}/")
+    del s3_operations[:]
+    again = ingest(cfg)
+
+    assert again.cached
+    assert (again.outputs, again.metrics) == (result.outputs, result.metrics)
+    assert WRITES.isdisjoint(operation for operation, _ in s3_operations), s3_operations
+    assert _objects(s3, f"{prefix}/") == before
+
+
+def test_failed_publish_leaves_no_objects(
+    s3: S3Server, prefix: str, tmp_path: Path, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
+    cfg = _config(make_config, _upload(s3, write_bundled(tmp_path / "src"), f"{prefix}/raw"), root)
+    client = storage.s3_client()
+    real_upload = client.upload_file
+
+    def upload_then_lose_connection(filename: str, bucket: str, key: str, *args: Any, **kwargs: Any) -> None:
+        real_upload(filename, bucket, key, *args, **kwargs)
+        # The server stored the second file, but its response never arrived.
+        if key.endswith("/items.parquet"):
+            raise EndpointConnectionError(endpoint_url=s3.endpoint)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "upload_file", upload_then_lose_connection)
+        with pytest.raises(storage.StorageError, match=re.escape(f"{root}/datasets/")):
+            ingest(cfg)
+
+    assert _objects(s3, f"{prefix}/artifacts/") == {}
+    # Nothing half-published blocks a retry.
+    assert not ingest(cfg).cached
+    assert len(_objects(s3, f"{prefix}/artifacts/datasets/")) == len(DATASET_FILES) + 2  # + marker, input index
+
+
+def test_missing_bucket_is_a_storage_error(s3: S3Server, tmp_path: Path, make_config: Callable[..., Any]) -> None:
+    # The server does not create buckets on first write, as AWS does not.
+    root = "s3://dgr2-no-such-bucket/artifacts"
+    cfg = _config(make_config, str(write_bundled(tmp_path / "src")), root)
+
+    with pytest.raises(storage.StorageError, match=f"{re.escape(root)}/datasets/.*NoSuchBucket"):
+        ingest(cfg)
+
+
+@pytest.mark.parametrize("variable", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+def test_wrong_credentials_are_rejected(
+    s3: S3Server,
+    prefix: str,
+    tmp_path: Path,
+    make_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+) -> None:
+    local_source = write_bundled(tmp_path / "src")
+    s3_source = _upload(s3, local_source, f"{prefix}/raw")
+    root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
+    assert not storage.exists(root)  # with the right keys: a client that has seen them exists
+    monkeypatch.setenv(variable, "wrong")
+    storage.s3_client.cache_clear()
+
+    # Reading the source, and (from a local source) checking the artifact root.
+    with pytest.raises(storage.StorageError, match=f"{re.escape(s3_source)}: .*(InvalidAccessKeyId|SignatureDoesNotMatch)"):
+        ingest(_config(make_config, s3_source, root))
+    with pytest.raises(storage.StorageError, match=f"{re.escape(root)}/datasets/.*403"):
+        ingest(_config(make_config, str(local_source), root))
+
+    assert _objects(s3, f"{prefix}/") == {}
+
+
+def test_storage_helpers_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
+    base = f"s3://{s3.artifact_bucket}/{prefix}"
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "a.txt").write_text("alpha")
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "a.txt").write_text("other")
+
+    assert not storage.exists(f"{base}/out")
+    storage.publish_dir(first, f"{base}/out")
+    storage.publish_dir(second, f"{base}/out")  # already published: kept as it is
+    assert storage.exists(f"{base}/out")
+    assert (storage.fetch_dir(f"{base}/out", tmp_path / "work") / "a.txt").read_text() == "alpha"
+    with pytest.raises(storage.StorageError, match="no published directory"):
+        storage.fetch_dir(f"{base}/absent", tmp_path / "work")
+
+    storage.write_json(f"{base}/doc.json", {"b": 1, "a": 2})
+    assert storage.read_json(f"{base}/doc.json") == {"a": 2, "b": 1}
+    with pytest.raises(storage.StorageError, match="NoSuchKey"):
+        storage.read_json(f"{base}/absent.json")
+
+    assert storage.list_dirs(base) == ["out"]
+    # At the bucket root too (other tests' prefixes are there as well).
+    assert prefix in storage.list_dirs(f"s3://{s3.artifact_bucket}")
+
+
+@pytest.mark.slow
+def test_ingest_bundled_amazon_beauty_from_s3(
+    s3: S3Server, prefix: str, make_config: Callable[..., Any]
+) -> None:
+    root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
+    result = ingest(_config(make_config, _upload(s3, BUNDLED_DATA, f"{prefix}/raw"), root))
+
+    assert result.metrics == {"users": 22363, "items": 12101, "interactions": 198502, "timestamp_coverage": 1.0}
+    assert storage.exists(result.outputs["dataset_uri"])

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from components.config import PromptConfig
+from components.prompts import ItemCatalog, parse_answer, render_answer, render_messages
+from components.semantic_ids.format import sid_string
+
+from .fakes import item_frames
+
+HISTORY = ["i0", "i1", "i2"]
+CANDIDATES = ["i9", "i3", "i7", "i4", "i11", "i5", "i10", "i6", "i8", "i1"]
+
+
+def test_catalog_maps_both_ways(catalog: ItemCatalog) -> None:
+    item = catalog.item("i4")
+    assert item.sid == sid_string([4, 1, 7, 0])
+    assert catalog.item_id(item.sid) == "i4"
+    assert item.leaf_category == "Nail Polish"
+    assert item.brand is None and catalog.item("i5").brand == "OPI"
+    assert "\n" not in item.title
+    assert len(catalog) == 12 and "i4" in catalog and "missing" not in catalog
+
+
+def test_catalog_keeps_only_items_with_a_sid() -> None:
+    items, sids = item_frames()
+    catalog = ItemCatalog.from_frames(items, sids.iloc[:5])
+    assert len(catalog) == 5
+    with pytest.raises(KeyError, match="i7"):
+        catalog.sid("i7")
+
+
+@pytest.mark.parametrize(
+    ("sids_update", "message"),
+    [
+        ({"item_id": "ghost"}, "not in the items frame"),
+        ({"sid": "<s_b_1><s_a_2>"}, "malformed SID"),
+        ({"sid": sid_string([1, 1, 7, 0])}, "shared"),
+    ],
+)
+def test_catalog_rejects_bad_sids(sids_update: dict[str, str], message: str) -> None:
+    items, sids = item_frames()
+    sids = sids.copy()
+    for column, value in sids_update.items():
+        sids.loc[0, column] = value
+    with pytest.raises(ValueError, match=message):
+        ItemCatalog.from_frames(items, sids)
+
+
+def test_prompt_lists_history_then_candidates_in_order(catalog: ItemCatalog) -> None:
+    messages = render_messages(HISTORY, CANDIDATES, catalog, PromptConfig())
+    assert [m["role"] for m in messages] == ["system", "user"]
+    system, user = messages[0]["content"], messages[1]["content"]
+    assert "10 candidate" in system and '"reasoning"' in system and '"ranking"' in system
+    history_part, candidate_part = user.split("Candidates")
+    lines = candidate_part.splitlines()[1:]
+    assert [line.split(" ")[0] for line in lines] == catalog.sids(CANDIDATES)
+    history_lines = history_part.splitlines()[1:]
+    assert [line.split(" ")[0] for line in history_lines] == catalog.sids(HISTORY)
+    assert all(line.endswith(catalog.item(item_id).leaf_category) for line, item_id in zip(lines, CANDIDATES))
+
+
+def test_prompt_shows_titles_only_when_asked(catalog: ItemCatalog) -> None:
+    without = render_messages(HISTORY, CANDIDATES, catalog, PromptConfig(include_title=False))[1]["content"]
+    assert "Title of item" not in without
+    cfg = PromptConfig(include_title=True, max_title_chars=20)
+    with_titles = render_messages(HISTORY, CANDIDATES, catalog, cfg)[1]["content"]
+    for item_id in HISTORY + CANDIDATES:
+        assert f"| {catalog.item(item_id).title[:20].rstrip()}\n" in with_titles + "\n"
+    assert "rather long" not in with_titles
+
+
+def test_prompt_names_an_unknown_item(catalog: ItemCatalog) -> None:
+    with pytest.raises(KeyError, match="nope"):
+        render_messages(["nope"], CANDIDATES, catalog, PromptConfig())
+
+
+def test_answer_is_compact_json_reasoning_first(catalog: ItemCatalog) -> None:
+    sids = catalog.sids(CANDIDATES)
+    text = render_answer("Prefers nail polish — ünïcode kept.", sids[::-1])
+    assert text.startswith('{"reasoning":"Prefers nail polish — ünïcode kept.","ranking":["')
+    assert ", " not in text.split('"ranking"')[1]
+    assert json.loads(text)["ranking"] == sids[::-1]
+
+
+def test_rendered_answer_round_trips(catalog: ItemCatalog) -> None:
+    sids = catalog.sids(CANDIDATES)
+    ranking = sids[3:] + sids[:3]
+    parsed = parse_answer(render_answer('Step 1: "quotes" and\nnewlines.', ranking), sids)
+    assert parsed.valid and parsed.failures == ()
+    assert parsed.ranking == ranking
+    assert parsed.reasoning == 'Step 1: "quotes" and\nnewlines.'
+
+
+def test_catalog_reads_parquet_style_columns() -> None:
+    # Parquet list columns come back as numpy arrays and missing brands as NaN.
+    items, sids = item_frames(2)
+    items["categories"] = items["categories"].map(lambda path: pd.array(path).to_numpy())
+    items["brand"] = [float("nan"), "OPI"]
+    catalog = ItemCatalog.from_frames(items, sids)
+    assert catalog.item("i0").categories == ("Makeup", "Nails", "Nail Polish")
+    assert catalog.item("i0").brand is None
