@@ -21,6 +21,13 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Diffusion-GR2 platform: train, convert, serve a reasoning re-ranker.")
 
+
+
+@app.callback()
+def main() -> None:
+    """Diffusion-GR2 platform: train, convert, serve a reasoning re-ranker."""
+
+
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Profile YAML, e.g. configs/tiny.yaml. Default: embedded defaults.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a readable summary.")]

@@ -4,9 +4,11 @@ from feast import FeatureService
 
 # See features.py for why siblings are imported this way.
 if __package__:
-    from .features import OWNER, item_features_view, user_history_view
+    from .features import OWNER, item_features_view
+    from .on_demand import user_history_items_view
 else:
-    from features import OWNER, item_features_view, user_history_view
+    from features import OWNER, item_features_view
+    from on_demand import user_history_items_view
 
 # What the re-ranker's prompt is built from: the user's history and the text of each item.
 # popularity stays out: it counts the whole dataset, so it would leak later interactions into
@@ -14,7 +16,7 @@ else:
 reranker_v1 = FeatureService(
     name="reranker_v1",
     features=[
-        user_history_view[["history_item_ids"]],
+        user_history_items_view,
         item_features_view[["sid", "title", "brand", "categories"]],
     ],
     description="Features of the GR2 / Diffusion-GR2 re-ranker, version 1.",

@@ -24,6 +24,7 @@ USER_KEY = "user_id"
 ITEM_KEY = "item_id"
 TIME_COLUMN = "event_timestamp"
 HISTORY_COLUMN = "history_item_ids"
+HISTORY_TEXT_COLUMN = "history_item_ids_text"
 SERVICE_NAME = "reranker_v1"
 
 
@@ -42,7 +43,8 @@ def build_feature_tables(
         ``{"user_history": path, "item_features": path}``.
 
     Raises:
-        ValueError: an item has no SID.
+        ValueError: an item has no SID, or an item id contains whitespace (histories are stored as
+            space-separated text, see features.py).
     """
     from feature_repo.data_sources import ITEM_FEATURES_FILE, ITEM_FEATURES_TIME, USER_HISTORY_FILE
 
@@ -54,6 +56,9 @@ def build_feature_tables(
         [USER_KEY, TIME_COLUMN], kind="stable", ignore_index=True
     )
     item_ids = events[ITEM_KEY].to_numpy()
+    spaced = [i for i in np.unique(item_ids) if len(i.split()) != 1]
+    if spaced:
+        raise ValueError(f"{len(spaced)} item id(s) contain whitespace, e.g. {spaced[0]!r}")
     # Row i's history is the slice of item_ids from its user's first row through row i.
     ends = np.arange(1, len(events) + 1)
     starts = ends - (events.groupby(USER_KEY).cumcount().to_numpy() + 1)
@@ -61,7 +66,7 @@ def build_feature_tables(
         {
             USER_KEY: events[USER_KEY],
             TIME_COLUMN: events[TIME_COLUMN],
-            HISTORY_COLUMN: [item_ids[s:e].tolist() for s, e in zip(starts, ends)],
+            HISTORY_TEXT_COLUMN: [" ".join(item_ids[s:e]) for s, e in zip(starts, ends)],
             "history_length": (ends - starts).astype("int64"),
         }
     )
@@ -154,9 +159,10 @@ def apply_definitions(store: FeatureStore, data_dir: Path) -> None:
     from feature_repo.entities import item, user
     from feature_repo.feature_services import reranker_v1
     from feature_repo.features import item_features_view, user_history_view
+    from feature_repo.on_demand import user_history_items_view
 
     views = [_reading_from(view, data_dir) for view in (user_history_view, item_features_view)]
-    store.apply([user, item, *(view.batch_source for view in views), *views, reranker_v1])
+    store.apply([user, item, *(view.batch_source for view in views), *views, user_history_items_view, reranker_v1])
 
 
 def materialize(store: FeatureStore, end: datetime) -> None:
@@ -170,11 +176,6 @@ def materialize(store: FeatureStore, end: datetime) -> None:
 
     # The whole history, from the earliest possible event time (see data_sources.py).
     store.materialize(start_date=ITEM_FEATURES_TIME, end_date=end)
-
-
-def _as_lists(values: pd.Series) -> list[list[str]]:
-    """Feast returns arrays as numpy arrays or lists, and a missing row as None or NaN."""
-    return [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in values]
 
 
 def historical_histories(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
@@ -193,7 +194,7 @@ def historical_histories(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Dat
     Raises:
         ValueError: a missing column or a tz-naive timestamp.
     """
-    from feature_repo.features import user_history_view
+    from feature_repo.on_demand import user_history_items_view
 
     missing = {USER_KEY, TIME_COLUMN} - set(entity_df.columns)
     if missing:
@@ -205,12 +206,13 @@ def historical_histories(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Dat
     # Feast's dask join collapses rows with equal (key, time), so ask once per pair and join back.
     unique_keys = keys.drop_duplicates(ignore_index=True)
     found = store.get_historical_features(
-        entity_df=unique_keys, features=[f"{user_history_view.name}:{HISTORY_COLUMN}"]
+        entity_df=unique_keys, features=[f"{user_history_items_view.name}:{HISTORY_COLUMN}"]
     ).to_df()
     found[TIME_COLUMN] = found[TIME_COLUMN].astype("datetime64[ns, UTC]")
     # A left merge keeps the left frame's row order.
     joined = keys.merge(found[[USER_KEY, TIME_COLUMN, HISTORY_COLUMN]], on=[USER_KEY, TIME_COLUMN], how="left")
-    return entity_df.assign(**{HISTORY_COLUMN: _as_lists(joined[HISTORY_COLUMN])})
+    # Feast hands list features back as numpy arrays.
+    return entity_df.assign(**{HISTORY_COLUMN: [list(ids) for ids in joined[HISTORY_COLUMN]]})
 
 
 def _service_refs(store: FeatureStore) -> dict[str, list[str]]:
@@ -243,11 +245,10 @@ def online_features(store: FeatureStore, user_ids: list[str], item_ids: list[str
         with the service's features. An unknown user has an empty history; an unknown item has
         None for every feature.
     """
-    from feature_repo.features import item_features_view, user_history_view
+    from feature_repo.features import item_features_view
+    from feature_repo.on_demand import user_history_items_view
 
     refs = _service_refs(store)
-    users = _online_rows(store, refs[user_history_view.name], USER_KEY, user_ids)
-    for row in users.values():
-        row[HISTORY_COLUMN] = row[HISTORY_COLUMN] or []
+    users = _online_rows(store, refs[user_history_items_view.name], USER_KEY, user_ids)
     items = _online_rows(store, refs[item_features_view.name], ITEM_KEY, item_ids)
     return {"users": users, "items": items}

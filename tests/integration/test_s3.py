@@ -21,7 +21,15 @@ pytestmark = pytest.mark.integration
 
 DATASET_FILES = ("interactions.parquet", "items.parquet", "stats.json")
 # Operations that change a bucket; a cached ingest must issue none of them.
-WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "CopyObject", "DeleteObject", "DeleteObjects"}
+WRITES = {
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "CopyObject",
+    "DeleteObject",
+    "DeleteObjects",
+}
 
 
 @pytest.fixture
@@ -81,7 +89,8 @@ def test_ingest_from_s3_publishes_once(
     objects = _objects(s3, f"{dataset_key}/")
     assert set(objects) == {f"{dataset_key}/{name}" for name in (*DATASET_FILES, storage.COMPLETE_MARKER)}
     marker = s3.client().get_object(Bucket=s3.artifact_bucket, Key=f"{dataset_key}/{storage.COMPLETE_MARKER}")
-    assert json.loads(marker["Body"].read()) == {"files": {name: objects[f"{dataset_key}/{name}"] for name in DATASET_FILES}}
+    sizes = {name: objects[f"{dataset_key}/{name}"] for name in DATASET_FILES}
+    assert json.loads(marker["Body"].read()) == {"files": sizes}
     # The marker goes up after every file; then the index that maps these input bytes to it.
     puts = [key for operation, key in s3_operations if operation == "PutObject"]
     assert puts[:-1] == [f"{dataset_key}/{name}" for name in (*DATASET_FILES, storage.COMPLETE_MARKER)]
@@ -154,7 +163,8 @@ def test_wrong_credentials_are_rejected(
     storage.s3_client.cache_clear()
 
     # Reading the source, and (from a local source) checking the artifact root.
-    with pytest.raises(storage.StorageError, match=f"{re.escape(s3_source)}: .*(InvalidAccessKeyId|SignatureDoesNotMatch)"):
+    rejected = "(InvalidAccessKeyId|SignatureDoesNotMatch)"
+    with pytest.raises(storage.StorageError, match=f"{re.escape(s3_source)}: .*{rejected}"):
         ingest(_config(make_config, s3_source, root))
     with pytest.raises(storage.StorageError, match=f"{re.escape(root)}/datasets/.*403"):
         ingest(_config(make_config, str(local_source), root))
@@ -162,18 +172,18 @@ def test_wrong_credentials_are_rejected(
     assert _objects(s3, f"{prefix}/") == {}
 
 
+def _dir_with_file(path: Path, text: str) -> Path:
+    path.mkdir()
+    (path / "a.txt").write_text(text)
+    return path
+
+
 def test_storage_helpers_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
     base = f"s3://{s3.artifact_bucket}/{prefix}"
-    first = tmp_path / "first"
-    first.mkdir()
-    (first / "a.txt").write_text("alpha")
-    second = tmp_path / "second"
-    second.mkdir()
-    (second / "a.txt").write_text("other")
 
     assert not storage.exists(f"{base}/out")
-    storage.publish_dir(first, f"{base}/out")
-    storage.publish_dir(second, f"{base}/out")  # already published: kept as it is
+    storage.publish_dir(_dir_with_file(tmp_path / "first", "alpha"), f"{base}/out")
+    storage.publish_dir(_dir_with_file(tmp_path / "second", "other"), f"{base}/out")  # kept as it was
     assert storage.exists(f"{base}/out")
     assert (storage.fetch_dir(f"{base}/out", tmp_path / "work") / "a.txt").read_text() == "alpha"
     with pytest.raises(storage.StorageError, match="no published directory"):
@@ -190,9 +200,7 @@ def test_storage_helpers_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_ingest_bundled_amazon_beauty_from_s3(
-    s3: S3Server, prefix: str, make_config: Callable[..., Any]
-) -> None:
+def test_ingest_bundled_amazon_beauty_from_s3(s3: S3Server, prefix: str, make_config: Callable[..., Any]) -> None:
     root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
     result = ingest(_config(make_config, _upload(s3, BUNDLED_DATA, f"{prefix}/raw"), root))
 

@@ -15,6 +15,7 @@ import pytest
 
 from components import storage
 from components.data.ingest import INTERACTION_COLUMNS, ITEM_COLUMNS, DataError, ingest, load_dataset
+from components.stage import StageResult
 from tests.conftest import BUNDLED_DATA
 
 # (user, item, unix time or None, position). Positions follow time, as the Amazon reader derives
@@ -28,7 +29,7 @@ INTERACTIONS: list[tuple[str, str, int | None, int]] = [
 ]
 # B04 has no interactions and must still be kept.
 ITEMS: list[dict[str, Any]] = [
-    {"item_id": "B01", "title": "Rose lipstick", "brand": "Acme", "categories": ["Makeup", "Lips"], "description": "Red."},
+    {"item_id": "B01", "title": "Lipstick", "brand": "Acme", "categories": ["Makeup", "Lips"], "description": "Red."},
     {"item_id": "B02", "title": "Nail polish", "brand": None, "categories": ["Makeup", "Nails"], "description": ""},
     {"item_id": "B03", "title": "Shampoo", "brand": "Suds", "categories": ["Hair Care", "Shampoos"], "description": ""},
     {"item_id": "B04", "title": "Comb", "brand": "Acme", "categories": [], "description": ""},
@@ -104,7 +105,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
     }
 
 
-def _ingest(make_config: Callable[..., Any], source: Path) -> Any:
+def _ingest(make_config: Callable[..., Any], source: Path) -> StageResult:
     return ingest(make_config(f"data.source_uri={source}"))
 
 

@@ -103,8 +103,7 @@ def test_clean_dataset_passes_and_writes_data_docs(make_config) -> None:
     docs = Path(result.outputs["data_docs_path"])
     assert docs.name == "index.html" and docs.is_file()
     assert docs.is_relative_to(Path(cfg.storage.work_dir) / "gx")
-    assert result.metrics["expectations_evaluated"] > 10
-    assert result.metrics["expectations_failed"] == 0
+    assert result.metrics == {"expectations_evaluated": 14, "expectations_failed": 0}
     # A second run in the same GX project replaces the stored definitions instead of failing.
     assert validate_dataset(cfg, dataset_uri).metrics == result.metrics
 
@@ -137,15 +136,36 @@ def _low_title_coverage(inter: pd.DataFrame, items: pd.DataFrame) -> None:
 @pytest.mark.parametrize(
     ("corrupt", "expected"),
     [
-        (_duplicate_item, "suite interactions: expect_compound_columns_to_be_unique on user_id, item_id (2 unexpected)"),
-        (_position_gap, "suite users: expect_column_pair_values_a_to_be_greater_than_b on n, max_position (1 unexpected)"),
-        (_too_few_interactions, "suite users: expect_column_values_to_be_between on n (1 unexpected)"),
-        (
+        pytest.param(
+            _duplicate_item,
+            "suite interactions: expect_compound_columns_to_be_unique on user_id, item_id (2 unexpected)",
+            id="duplicate_item",
+        ),
+        pytest.param(
+            _position_gap,
+            "suite users: expect_column_pair_values_a_to_be_greater_than_b on n, max_position (1 unexpected)",
+            id="position_gap",
+        ),
+        pytest.param(
+            _too_few_interactions,
+            "suite users: expect_column_values_to_be_between on n (1 unexpected)",
+            id="too_few_interactions",
+        ),
+        pytest.param(
             _decreasing_timestamps,
             "suite users: expect_column_values_to_be_in_set on timestamps_non_decreasing (1 unexpected)",
+            id="decreasing_timestamps",
         ),
-        (_item_without_row, "suite interacted_items: expect_column_values_to_be_in_set on has_item_row (1 unexpected)"),
-        (_low_title_coverage, "suite items: expect_column_values_to_match_regex on title (2 unexpected)"),
+        pytest.param(
+            _item_without_row,
+            "suite interactions: expect_column_values_to_be_in_set on has_item_row (1 unexpected)",
+            id="item_without_row",
+        ),
+        pytest.param(
+            _low_title_coverage,
+            "suite items: expect_column_values_to_match_regex on title (2 unexpected)",
+            id="low_title_coverage",
+        ),
     ],
 )
 def test_corrupted_dataset_fails_naming_the_expectation(
@@ -182,7 +202,7 @@ def test_clean_examples_pass(make_config) -> None:
     result = validate_examples(cfg, *_publish_examples(cfg, _examples()))
 
     assert Path(result.outputs["data_docs_path"]).is_file()
-    assert result.metrics["expectations_failed"] == 0
+    assert result.metrics == {"expectations_evaluated": 9, "expectations_failed": 0}
 
 
 # Example 0's target is ranked first, so the corruptions below leave it in place.
@@ -197,7 +217,7 @@ def _duplicate_candidate(examples: pd.DataFrame) -> None:
 
 
 def _target_not_candidate(examples: pd.DataFrame) -> None:
-    # The fixture's candidate lists never reach the last item.
+    # The last item is not among example 0's candidates.
     examples.at[0, "candidates"] = [ITEMS[-1], *examples.at[0, "candidates"][1:]]
 
 
@@ -210,7 +230,8 @@ def _pre_rank_mismatch(examples: pd.DataFrame) -> None:
 
 
 def _history_not_earlier(examples: pd.DataFrame) -> None:
-    examples.at[1, "history_event_seconds"] = [*examples.at[1, "history_event_seconds"][:-1], examples.at[1, "event_seconds"]]
+    times = examples.at[1, "history_event_seconds"]
+    examples.at[1, "history_event_seconds"] = [*times[:-1], examples.at[1, "event_seconds"]]
 
 
 def _unknown_split(examples: pd.DataFrame) -> None:
@@ -224,24 +245,48 @@ def _unknown_history_item(examples: pd.DataFrame) -> None:
 @pytest.mark.parametrize(
     ("corrupt", "expected"),
     [
-        (_nine_candidates, "suite examples: expect_column_values_to_be_between on n_candidates (1 unexpected)"),
-        (_duplicate_candidate, "suite examples: expect_column_values_to_be_between on n_distinct_candidates (1 unexpected)"),
-        (
+        pytest.param(
+            _nine_candidates,
+            "suite examples: expect_column_values_to_be_between on n_candidates (1 unexpected)",
+            id="nine_candidates",
+        ),
+        pytest.param(
+            _duplicate_candidate,
+            "suite examples: expect_column_values_to_be_between on n_distinct_candidates (1 unexpected)",
+            id="duplicate_candidate",
+        ),
+        pytest.param(
             _target_not_candidate,
             "suite examples: expect_column_values_to_not_be_null on target_candidate_rank (1 unexpected)",
+            id="target_not_candidate",
         ),
-        (_pre_rank_out_of_range, "suite examples: expect_column_values_to_be_between on target_pre_rank (1 unexpected)"),
-        (
+        pytest.param(
+            _pre_rank_out_of_range,
+            "suite examples: expect_column_values_to_be_between on target_pre_rank (1 unexpected)",
+            id="pre_rank_out_of_range",
+        ),
+        pytest.param(
             _pre_rank_mismatch,
-            "suite examples: expect_column_pair_values_to_be_equal on target_pre_rank, target_candidate_rank (1 unexpected)",
+            "suite examples: expect_column_pair_values_to_be_equal on target_pre_rank, target_candidate_rank"
+            " (1 unexpected)",
+            id="pre_rank_mismatch",
         ),
-        (
+        pytest.param(
             _history_not_earlier,
             "suite examples: expect_column_pair_values_a_to_be_greater_than_b on event_seconds,"
             " latest_history_event_seconds (1 unexpected)",
+            id="history_not_earlier",
         ),
-        (_unknown_split, "suite examples: expect_column_values_to_be_in_set on split (1 unexpected)"),
-        (_unknown_history_item, "suite example_items: expect_column_values_to_be_in_set on has_item_row (1 unexpected)"),
+        pytest.param(
+            _unknown_split,
+            "suite examples: expect_column_values_to_be_in_set on split (1 unexpected)",
+            id="unknown_split",
+        ),
+        pytest.param(
+            _unknown_history_item,
+            "suite examples: expect_column_values_to_be_in_set on history_items_known (1 unexpected)",
+            id="unknown_history_item",
+        ),
     ],
 )
 def test_corrupted_examples_fail_naming_the_expectation(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
 import pytest
 
 from components import storage
 from components.storage import objects
+
+FILES = {"a.txt": "alpha", "sub/b.txt": "beta"}
 
 
 def _make_dir(path: Path, files: dict[str, str]) -> Path:
@@ -20,9 +23,6 @@ def _make_dir(path: Path, files: dict[str, str]) -> Path:
 
 def _contents(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-FILES = {"a.txt": "alpha", "sub/b.txt": "beta"}
 
 
 def test_publish_copies_files_and_a_manifest_marker(tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""The features stage: build the offline tables, publish them, and load a Feast store from them.
+
+Its output is named like every stage's (components/stage.py). The code part of the name also
+covers this directory's definitions, since a changed view changes what the store holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from components import storage
+from components.config import Config
+from components.data.ingest import load_dataset
+from components.stage import StageResult, code_version, stage_key
+from feature_repo.store import apply_definitions, build_feature_tables, materialize, open_store
+
+_REPO_DIR = Path(__file__).resolve().parent
+# Written last, so its presence means the local store was fully applied and materialized.
+_DONE_FILE = "features.json"
+
+
+@functools.cache
+def feature_code_version() -> str:
+    """Hash of the ingest/event-time code and of this directory's Python source."""
+    digest = hashlib.sha256(code_version("data").encode())
+    for path in sorted(_REPO_DIR.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_features(cfg: Config, dataset_uri: str, sid_uri: str) -> StageResult:
+    """Build the feature tables for a dataset version and its SIDs, and materialize a store.
+
+    Args:
+        cfg: the run config; ``cfg.features`` configures the store, ``cfg.storage`` where outputs go.
+        dataset_uri: a published dataset version (components/data/ingest.py).
+        sid_uri: a published directory holding ``sids.parquet`` (item_id, codes, sid).
+
+    Returns:
+        ``outputs``: ``features_uri`` (the published tables) and ``feature_store_dir`` (the local
+        store directory, for open_store); ``metrics``: users, items, rows and seconds per step.
+        ``cached`` is True when both already existed, and then nothing was done.
+    """
+    key = stage_key(
+        "features", {"dataset_uri": dataset_uri, "sid_uri": sid_uri}, cfg.slice_hash("features"), feature_code_version()
+    )
+    work_dir = Path(cfg.storage.work_dir)
+    features_uri = storage.join(cfg.storage.artifact_root, "features", key)
+    store_dir = work_dir / "feast" / key
+    outputs = {"features_uri": features_uri, "feature_store_dir": str(store_dir)}
+    done_path = store_dir / _DONE_FILE
+    if storage.exists(features_uri) and done_path.is_file():
+        return StageResult(outputs, json.loads(done_path.read_text()), cached=True)
+
+    started = time.perf_counter()
+    dataset = load_dataset(dataset_uri, work_dir)
+    sids = pd.read_parquet(storage.fetch_dir(sid_uri, work_dir) / "sids.parquet", columns=["item_id", "sid"])
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="features-") as staging:
+        build_feature_tables(dataset.interactions, dataset.items, sids, Path(staging))
+        storage.publish_dir(staging, features_uri)
+    tables_s = time.perf_counter() - started
+
+    # The registry records where the tables are: the published directory itself when the
+    # artifact root is local, a local copy of it when it is on S3.
+    tables_dir = storage.fetch_dir(features_uri, work_dir)
+    store = open_store(cfg, store_dir)
+    started = time.perf_counter()
+    apply_definitions(store, tables_dir)
+    apply_s = time.perf_counter() - started
+    started = time.perf_counter()
+    materialize(store, datetime.now(timezone.utc))
+    materialize_s = time.perf_counter() - started
+
+    metrics = {
+        "users": int(dataset.interactions["user_id"].nunique()),
+        "items": len(dataset.items),
+        # One user-history row per interaction.
+        "rows": len(dataset.interactions),
+        "tables_s": round(tables_s, 3),
+        "apply_s": round(apply_s, 3),
+        "materialize_s": round(materialize_s, 3),
+    }
+    done_path.write_text(json.dumps(metrics, indent=2))
+    return StageResult(outputs, metrics)
