@@ -19,7 +19,7 @@ from components import storage
 if TYPE_CHECKING:
     from components.config import Config
 
-_COMPONENTS_DIR = Path(__file__).resolve().parent
+_PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -35,14 +35,19 @@ class StageResult:
 
 
 @functools.cache
-def code_version(*subpackages: str) -> str:
-    """Hash of the Python source of the named ``components`` subpackages (or modules)."""
+def code_version(*packages: str) -> str:
+    """Hash of the Python source of packages or modules named by path from the project root.
+
+    ``code_version("components/candidates", "components/semantic_ids/encoder", "feature_repo")``
+    """
     digest = hashlib.sha256()
-    for name in sorted(subpackages):
-        root = _COMPONENTS_DIR / name
+    for name in sorted(packages):
+        root = _PROJECT_DIR / name
         files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+        if not all(path.is_file() for path in files) or not files:
+            raise ValueError(f"code_version: no Python source at {name}")
         for path in files:
-            digest.update(str(path.relative_to(_COMPONENTS_DIR)).encode())
+            digest.update(str(path.relative_to(_PROJECT_DIR)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -55,7 +60,7 @@ def stage_key(stage: str, inputs: dict[str, str], config_hash: str, code: str) -
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What names a stage's output: its config sections and the code packages it runs."""
+    """What names a stage's output: its config sections and the code packages it runs (paths from the project root)."""
 
     name: str
     config_sections: tuple[str, ...]

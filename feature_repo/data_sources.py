@@ -13,8 +13,8 @@ from feast import FileSource
 USER_HISTORY_FILE = "user_history.parquet"
 ITEM_FEATURES_FILE = "item_features.parquet"
 
-# Item rows describe the catalogue, not an event, but every source row needs an event time. The
-# Unix epoch precedes every interaction (undated ones get epoch + position seconds, see
+# Item rows describe the catalogue, not an event, but every source row needs an event time. No
+# event time precedes the Unix epoch (a user without any review time counts from it, see
 # components/data/events.py), so item features are visible at any query time.
 ITEM_FEATURES_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -64,7 +64,9 @@ item_features_view = FeatureView(
         Field(
             name="popularity",
             dtype=Int64,
-            description="Interactions with the item in the whole dataset version: a catalogue statistic, not point-in-time.",
+            description=(
+                "Interactions with the item in the whole dataset version: a catalogue statistic, not point-in-time."
+            ),
         ),
     ],
     source=item_features_source,

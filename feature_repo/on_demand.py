@@ -14,20 +14,19 @@ else:
 
 @on_demand_feature_view(
     sources=[user_history_view[["history_item_ids_text"]]],
-    schema=[
-        Field(
-            name="history_item_ids",
-            dtype=Array(String),
-            description="Item ids the user interacted with up to and including the event, most recent last.",
-        )
-    ],
+    # No Field description: the registry drops those of on-demand fields, and a feature service
+    # still holding one then fails to resolve (feast 0.67 compares whole fields). The view's
+    # description says what the field holds.
+    schema=[Field(name="history_item_ids", dtype=Array(String))],
     mode="pandas",
-    description="user_history_view's history as a list; empty for a user with no interaction yet.",
+    description=(
+        "history_item_ids: the item ids the user interacted with up to and including the event, most "
+        "recent last (user_history_view's text as a list); empty for a user with no interaction yet."
+    ),
     owner=OWNER,
     tags={"grain": "user-interaction", "dataset": "amazon-beauty"},
 )
 def user_history_items_view(features: pd.DataFrame) -> pd.DataFrame:
     # Self-contained: Feast serializes this function into the registry. A user with no history
     # at the requested time arrives as a missing value.
-    texts = features["history_item_ids_text"].astype(object).where(features["history_item_ids_text"].notna(), "")
-    return pd.DataFrame({"history_item_ids": [text.split() for text in texts]}, index=features.index)
+    return pd.DataFrame({"history_item_ids": features["history_item_ids_text"].fillna("").str.split()})

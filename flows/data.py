@@ -54,7 +54,7 @@ def ingest_task(cfg: dict[str, Any]) -> dict[str, Any]:
     return ingest(Config.model_validate(cfg)).to_dict()
 
 
-@task(name="validate-dataset", cache_key_fn=check_cache_key(("validation",), ("data",), ("dataset_uri",)), persist_result=True)
+@task(name="validate-dataset", cache_key_fn=check_cache_key(("validation",), ("components/data/validation", "components/data/ingest"), ("dataset_uri",)), persist_result=True)
 def validate_dataset_task(cfg: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
     return validate_dataset(Config.model_validate(cfg), dataset_uri).to_dict()
 
@@ -89,7 +89,7 @@ def examples_task(cfg: dict[str, Any], dataset_uri: str, sid_uri: str, candidate
     return build_examples(Config.model_validate(cfg), dataset_uri, sid_uri, candidates_uri, feature_store_dir).to_dict()
 
 
-@task(name="validate-examples", cache_key_fn=check_cache_key(("validation", "candidates"), ("data",), ("examples_uri", "dataset_uri")), persist_result=True)
+@task(name="validate-examples", cache_key_fn=check_cache_key(("validation", "candidates"), ("components/data/validation", "components/data/ingest"), ("examples_uri", "dataset_uri")), persist_result=True)
 def validate_examples_task(cfg: dict[str, Any], examples_uri: str, dataset_uri: str) -> dict[str, Any]:
     return validate_examples(Config.model_validate(cfg), examples_uri, dataset_uri).to_dict()
 

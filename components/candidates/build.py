@@ -25,7 +25,7 @@ from components.data.ingest import load_dataset
 from components.evaluation.metrics import floor_metrics
 from components.stage import StageResult, StageSpec
 
-CANDIDATES_STAGE = StageSpec("candidates", ("candidates", "evaluation"), ("candidates", "evaluation", "data"))
+CANDIDATES_STAGE = StageSpec("candidates", ("candidates", "evaluation"), ("components/candidates", "components/evaluation", "components/data/ingest", "components/data/events"))
 
 # Random draws per example before rejection; uniform negatives almost never need a second round.
 _OVERSAMPLE = 4

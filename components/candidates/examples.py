@@ -26,7 +26,7 @@ from components.semantic_ids.build import read_sids
 from components.stage import StageResult, StageSpec
 
 
-EXAMPLES_STAGE = StageSpec("examples", ("candidates", "prompts", "features"), ("candidates", "prompts", "data"))
+EXAMPLES_STAGE = StageSpec("examples", ("candidates", "prompts", "features"), ("components/candidates", "components/prompts", "components/data/ingest", "components/data/events"))
 
 
 def examples_inputs(dataset_uri: str, sid_uri: str, candidates_uri: str, feature_store_dir: str | None) -> dict[str, str]:

@@ -327,7 +327,7 @@ def ingest(cfg: Config) -> StageResult:
     directory = _local_source(cfg.data, work_dir)
     fmt = _detect_format(directory, cfg.data)
     # The input bytes (plus format and ingest code) index an earlier version: same input, no work.
-    index_uri = storage.join(root, "datasets", "_by_input", f"{_input_digest(directory, fmt)}-{code_version('data')}.json")
+    index_uri = storage.join(root, "datasets", "_by_input", f"{_input_digest(directory, fmt)}-{code_version('components/data/ingest')}.json")
     if storage.exists(index_uri):
         entry = storage.read_json(index_uri)
         if storage.exists(entry["outputs"]["dataset_uri"]):

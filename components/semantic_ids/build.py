@@ -22,11 +22,11 @@ from components.semantic_ids.format import sid_string
 from components.semantic_ids.quantize import quantize, sid_report
 from components.stage import StageResult, StageSpec, code_version, stage_key
 
-SEMANTIC_IDS_STAGE = StageSpec("semantic_ids", ("semantic_ids",), ("semantic_ids", "data"))
+SEMANTIC_IDS_STAGE = StageSpec("semantic_ids", ("semantic_ids",), ("components/semantic_ids", "components/data/ingest"))
 
 
 def _item_embeddings(cfg: Config, dataset_uri: str, items: pd.DataFrame) -> tuple[np.ndarray, bool]:
-    key = stage_key("embeddings", {"dataset": dataset_uri}, ENCODER_NAME, code_version("semantic_ids/encoder"))
+    key = stage_key("embeddings", {"dataset": dataset_uri}, ENCODER_NAME, code_version("components/semantic_ids/encoder"))
     uri = storage.join(cfg.storage.artifact_root, "embeddings", key)
     if storage.exists(uri):
         local = storage.fetch_dir(uri, cfg.storage.work_dir)

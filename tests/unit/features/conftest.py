@@ -19,9 +19,13 @@ def interactions() -> pd.DataFrame:
         ("a", "i4", DAY2, 3),
         ("b", "i2", DAY1, 0),
         ("b", "i1", DAY2, 1),
-        # c: no review times at all (event time = epoch + position seconds).
+        # c: no review times at all (event times count from the Unix epoch).
         ("c", "i3", None, 0),
         ("c", "i1", None, 1),
+        # d: one review time missing between two known ones (it takes the previous one).
+        ("d", "i4", DAY1, 0),
+        ("d", "i2", None, 1),
+        ("d", "i3", DAY2, 2),
     ]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "position"])
     return frame.astype({"timestamp": "Int64", "position": "int64"})
