@@ -1,40 +1,42 @@
-"""The features stage: build the offline tables, publish them, and load a Feast store from them.
-
-Its output is named like every stage's (components/stage.py). The code part of the name also
-covers this directory's definitions, since a changed view changes what the store holds.
-"""
+"""The features stage: build the offline tables, publish them, and load a Feast store from them."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from components import storage
 from components.config import Config
 from components.data.ingest import load_dataset
-from components.stage import StageResult, code_version, stage_key
+from components.stage import StageResult, StageSpec
 from feature_repo.store import apply_definitions, build_feature_tables, materialize, open_store
 
-_REPO_DIR = Path(__file__).resolve().parent
+# The code part of the name covers this whole directory: a changed view changes what the store holds.
+FEATURES_STAGE = StageSpec(
+    "features", ("features",), ("components/data/ingest", "components/data/events", "feature_repo")
+)
 # Written last, so its presence means the local store was fully applied and materialized.
 _DONE_FILE = "features.json"
 
 
-@functools.cache
-def feature_code_version() -> str:
-    """Hash of the ingest/event-time code and of this directory's Python source."""
-    digest = hashlib.sha256(code_version("data").encode())
-    for path in sorted(_REPO_DIR.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def features_inputs(dataset_uri: str, sid_uri: str) -> dict[str, str]:
+    """The input URIs that name the stage's output (FEATURES_STAGE.output_uri)."""
+    return {"dataset": dataset_uri, "sids": sid_uri}
+
+
+def _store_dir(cfg: Config, features_uri: str) -> Path:
+    """The local store is named by the same stage key as the published tables."""
+    return Path(cfg.storage.work_dir) / "feast" / PurePosixPath(features_uri).name
+
+
+def features_ready(cfg: Config, features_uri: str) -> bool:
+    """True when the tables are published and the local store was fully applied and materialized."""
+    return storage.exists(features_uri) and (_store_dir(cfg, features_uri) / _DONE_FILE).is_file()
 
 
 def build_features(cfg: Config, dataset_uri: str, sid_uri: str) -> StageResult:
@@ -50,15 +52,12 @@ def build_features(cfg: Config, dataset_uri: str, sid_uri: str) -> StageResult:
         store directory, for open_store); ``metrics``: users, items, rows and seconds per step.
         ``cached`` is True when both already existed, and then nothing was done.
     """
-    key = stage_key(
-        "features", {"dataset_uri": dataset_uri, "sid_uri": sid_uri}, cfg.slice_hash("features"), feature_code_version()
-    )
     work_dir = Path(cfg.storage.work_dir)
-    features_uri = storage.join(cfg.storage.artifact_root, "features", key)
-    store_dir = work_dir / "feast" / key
+    features_uri = FEATURES_STAGE.output_uri(cfg, features_inputs(dataset_uri, sid_uri))
+    store_dir = _store_dir(cfg, features_uri)
     outputs = {"features_uri": features_uri, "feature_store_dir": str(store_dir)}
     done_path = store_dir / _DONE_FILE
-    if storage.exists(features_uri) and done_path.is_file():
+    if features_ready(cfg, features_uri):
         return StageResult(outputs, json.loads(done_path.read_text()), cached=True)
 
     started = time.perf_counter()

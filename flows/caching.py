@@ -17,12 +17,25 @@ from components.config import Config
 from components.stage import StageSpec, code_version
 
 
-def output_cache_key(spec: StageSpec, inputs_of: Callable[[dict[str, Any]], dict[str, str]]) -> Callable[..., str | None]:
-    """A Prefect ``cache_key_fn`` for a task whose parameters are ``cfg`` (a dict) plus input URIs."""
+def _published(_cfg: Config, uri: str) -> bool:
+    return storage.exists(uri)
+
+
+def output_cache_key(
+    spec: StageSpec,
+    inputs_of: Callable[[dict[str, Any]], dict[str, str]],
+    ready: Callable[[Config, str], bool] = _published,
+) -> Callable[..., str | None]:
+    """A Prefect ``cache_key_fn`` for a task whose parameters are ``cfg`` (a dict) plus input URIs.
+
+    ``ready`` says whether the output is still usable (by default: published); a stage with local
+    state besides its published output (the Feast store) passes its own check.
+    """
 
     def key(_context: Any, parameters: dict[str, Any]) -> str | None:
-        uri = spec.output_uri(Config.model_validate(parameters["cfg"]), inputs_of(parameters))
-        return hashlib.sha256(uri.encode()).hexdigest() if storage.exists(uri) else None
+        cfg = Config.model_validate(parameters["cfg"])
+        uri = spec.output_uri(cfg, inputs_of(parameters))
+        return hashlib.sha256(uri.encode()).hexdigest() if ready(cfg, uri) else None
 
     return key
 

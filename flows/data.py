@@ -23,7 +23,7 @@ from components.data.ingest import ingest
 from components.data.validation import validate_dataset, validate_examples
 from components.semantic_ids.build import SEMANTIC_IDS_STAGE, build_semantic_ids
 from components.storage import StorageError
-from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs
+from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs, features_ready
 from flows.caching import check_cache_key, output_cache_key
 from components.reporting import data_summary_markdown
 
@@ -66,7 +66,7 @@ def semantic_ids_task(cfg: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
 
 @task(
     name="features",
-    cache_key_fn=output_cache_key(FEATURES_STAGE, lambda p: features_inputs(p["dataset_uri"], p["sid_uri"])),
+    cache_key_fn=output_cache_key(FEATURES_STAGE, lambda p: features_inputs(p["dataset_uri"], p["sid_uri"]), features_ready),
     persist_result=True,
 )
 def features_task(cfg: dict[str, Any], dataset_uri: str, sid_uri: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from components import storage
 from components.data.ingest import Dataset, canonicalize
-from feature_repo.stage import build_features
+from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs
 from feature_repo.store import online_features, open_store
 
 
@@ -33,6 +33,8 @@ def test_build_features_publishes_tables_and_store_then_caches(make_config, tmp_
     first = build_features(cfg, dataset_uri, sid_uri)
 
     assert not first.cached
+    # The orchestrator's cache key is the output URI the stage spec names.
+    assert first.outputs["features_uri"] == FEATURES_STAGE.output_uri(cfg, features_inputs(dataset_uri, sid_uri))
     assert {"users": 4, "items": 5, "rows": 11}.items() <= first.metrics.items()
     assert {"tables_s", "apply_s", "materialize_s"} <= first.metrics.keys()
     tables = storage.fetch_dir(first.outputs["features_uri"], cfg.storage.work_dir)
