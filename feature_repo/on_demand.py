@@ -27,6 +27,9 @@ else:
     tags={"grain": "user-interaction", "dataset": "amazon-beauty"},
 )
 def user_history_items_view(features: pd.DataFrame) -> pd.DataFrame:
-    # Self-contained: Feast serializes this function into the registry. A user with no history
-    # at the requested time arrives as a missing value.
+    # Self-contained: Feast serializes this function into the registry by value, without this
+    # module's globals, so it imports what it uses. A user with no history at the requested time
+    # arrives as a missing value.
+    import pandas as pd
+
     return pd.DataFrame({"history_item_ids": features["history_item_ids_text"].fillna("").str.split()})
