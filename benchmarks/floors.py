@@ -54,7 +54,7 @@ def main() -> None:
         f"Command: `python benchmarks/floors.py --config {args.config}`; {date}; {platform.machine()}. "
         "Pre-ranker: first-order item transitions fitted on the other user folds (components/candidates/prerank.py). "
         "Papers' floor for reference (uniform-style lists): R@1 0.2811, R@3 0.5591, NDCG@3 0.4401 (Diffusion-GR2), "
-        "R@5 0.7227 (GR2).\n\nMean [95% bootstrap CI].\n\n" + "\n".join(sections)
+        "R@5 0.7227 (GR2).\n\nMean ± half-width of the 95% bootstrap CI.\n\n" + "\n".join(sections)
     )
     print(RESULTS.read_text())
 

@@ -52,6 +52,8 @@ def _project_environment(work_dir: str) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Prefect creates only the last level of its home; a fresh clone has no .dgr2 yet.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 def _run_command(config: Path | None, overrides: list[str] | None, as_json: bool, body: Callable[[Any], dict[str, Any]], render: Callable[[dict[str, Any]], str]) -> None:

@@ -8,15 +8,17 @@ FLOOR_METRICS = ("recall_at_1", "recall_at_3", "recall_at_5", "ndcg_at_3", "ndcg
 
 
 def _cell(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:.4f} [{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]"
+    # The bootstrap interval is close to symmetric at these sample sizes; the JSON keeps both ends.
+    return f"{stat['mean']:.4f} ±{(stat['ci_high'] - stat['ci_low']) / 2:.4f}"
 
 
-def metrics_table(rows: dict[str, dict[str, Any]], metrics: tuple[str, ...] = FLOOR_METRICS) -> str:
-    """Markdown table: one row per named slice, mean [95% CI] per metric."""
-    header = "| slice | n | " + " | ".join(metrics) + " |"
-    lines = [header, "|" + "---|" * (len(metrics) + 2)]
-    for name, stats in rows.items():
-        lines.append(f"| {name} | {stats['n']} | " + " | ".join(_cell(stats[m]) for m in metrics) + " |")
+def metrics_table(slices: dict[str, dict[str, Any]], metrics: tuple[str, ...] = FLOOR_METRICS) -> str:
+    """Markdown table, one column per named slice and one row per metric: mean ± half the 95% CI."""
+    names = list(slices)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines.append("| n | " + " | ".join(f"{slices[name]['n']:,}" for name in names) + " |")
+    for metric in metrics:
+        lines.append(f"| {metric} | " + " | ".join(_cell(slices[name][metric]) for name in names) + " |")
     return "\n".join(lines)
 
 
@@ -37,7 +39,7 @@ def data_summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['leakage_check']['train_valid_recall_at_1_relative_gap']:.1%} "
         f"({'passed' if summary['leakage_check']['passed'] else 'FAILED'})",
         "",
-        "## Floor: the pre-rank order (mean [95% bootstrap CI])",
+        "## Floor: the pre-rank order (mean ± half-width of the 95% bootstrap CI)",
         "",
         metrics_table(summary["floors"]),
         "",

@@ -20,7 +20,6 @@ from components.candidates.build import CANDIDATES_STAGE, build_candidates
 from components.candidates.examples import EXAMPLES_STAGE, build_examples, examples_inputs
 from components.config import Config
 from components.data.ingest import ingest
-from components.data.validation import validate_dataset, validate_examples
 from components.semantic_ids.build import SEMANTIC_IDS_STAGE, build_semantic_ids
 from components.storage import StorageError
 from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs, features_ready
@@ -56,6 +55,9 @@ def ingest_task(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="validate-dataset", cache_key_fn=check_cache_key(("validation",), ("components/data/validation", "components/data/ingest"), ("dataset_uri",)), persist_result=True)
 def validate_dataset_task(cfg: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
+    # Great Expectations takes seconds to import; a run whose checks are cached never needs it.
+    from components.data.validation import validate_dataset
+
     return validate_dataset(Config.model_validate(cfg), dataset_uri).to_dict()
 
 
@@ -91,6 +93,8 @@ def examples_task(cfg: dict[str, Any], dataset_uri: str, sid_uri: str, candidate
 
 @task(name="validate-examples", cache_key_fn=check_cache_key(("validation", "candidates"), ("components/data/validation", "components/data/ingest"), ("examples_uri", "dataset_uri")), persist_result=True)
 def validate_examples_task(cfg: dict[str, Any], examples_uri: str, dataset_uri: str) -> dict[str, Any]:
+    from components.data.validation import validate_examples
+
     return validate_examples(Config.model_validate(cfg), examples_uri, dataset_uri).to_dict()
 
 
