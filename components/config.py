@@ -102,6 +102,52 @@ class EvaluationConfig(_Section):
     seed: int = 0
 
 
+class ModelConfig(_Section):
+    # Built-from-scratch Qwen3-architecture presets (components/modeling): "tiny" trains in
+    # minutes on 2 CPU cores; "small" (tens of millions of parameters) is for full data on a GPU.
+    preset: Literal["tiny", "small"] = "tiny"
+    # A local directory with a pretrained HF causal LM and its tokenizer; empty builds from preset.
+    base_model: str = ""
+    # Target size of the BPE vocabulary trained on the dataset's text, before SID/special tokens.
+    bpe_vocab_size: int = Field(4000, ge=300)
+    max_length: int = Field(1024, ge=64)
+
+
+class TracesConfig(_Section):
+    # "analyst": the offline trace writer grounded in training-split statistics;
+    # "openai": any OpenAI-compatible chat endpoint (a large LLM served elsewhere).
+    teacher: Literal["analyst", "openai"] = "analyst"
+    # GR2 stage 2: rejection sampling keeps a trace only if its ranking puts the target first;
+    # "targeted" conditions the trace on the target instead (kept for comparison).
+    mode: Literal["rejection", "targeted"] = "rejection"
+    max_tries: int = Field(4, ge=1)
+    # GR2/Diffusion-GR2 traces are about 130 tokens (paper.md section 1).
+    target_tokens: int = Field(130, ge=16)
+    endpoint_url: str = ""
+    model_name: str = ""
+    # Name of the environment variable holding the endpoint's API key (never the key itself).
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.8, ge=0.0)
+    timeout_s: float = Field(60.0, gt=0.0)
+    seed: int = 0
+
+
+class TrainingConfig(_Section):
+    """Shared-loop defaults; each stage's own section overrides what differs."""
+
+    learning_rate: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    max_steps: int = Field(200, ge=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    batch_size: int = Field(16, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -113,6 +159,9 @@ class Config(_Section):
     prompts: PromptConfig = PromptConfig()
     features: FeaturesConfig = FeaturesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    model: ModelConfig = ModelConfig()
+    traces: TracesConfig = TracesConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

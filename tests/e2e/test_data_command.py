@@ -82,3 +82,29 @@ def test_missing_source_is_a_clear_error(tmp_path: Path):
     assert result.returncode == 2
     assert "nowhere" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "artifacts" / "datasets").exists()
+
+
+def test_failed_validation_stops_the_flow_and_points_at_data_docs(beauty_slice: Path, tmp_path: Path):
+    """A user with 3 interactions breaks the 5-core expectation: the flow stops before semantic IDs."""
+    corrupted = tmp_path / "corrupted"
+    corrupted.mkdir()
+    interactions = pd.read_csv(beauty_slice / "interactions.tsv.gz", sep="\t")
+    first_user = interactions["user_id"].min()
+    keep = (interactions["user_id"] != first_user) | (interactions["position"] < 3)
+    interactions[keep].to_csv(corrupted / "interactions.tsv.gz", sep="\t", index=False)
+    (corrupted / "items.jsonl").write_text((beauty_slice / "items.jsonl").read_text())
+    result = _dgr2(
+        [
+            "data",
+            "--set", f"data.source_uri={corrupted}",
+            "--set", f"storage.artifact_root={tmp_path / 'artifacts'}",
+            "--set", f"storage.work_dir={tmp_path / 'work'}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "expect_column_values_to_be_between on n" in result.stderr
+    docs = result.stderr.split("Data Docs: ")[1].split()[0]
+    assert Path(docs).is_file()
+    assert (tmp_path / "artifacts" / "datasets").is_dir()  # ingest ran
+    assert not (tmp_path / "artifacts" / "semantic_ids").exists()  # nothing after validation did
