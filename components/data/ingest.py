@@ -105,6 +105,17 @@ def _optional_str(value: Any, path: Path, line_no: int, column: str) -> str | No
     raise DataError(f"{path}:{line_no}: column {column!r} must be a string, got {type(value).__name__}")
 
 
+def _item_row(record: dict[str, Any], path: Path, line_no: int, id_field: str, categories: list[str]) -> dict[str, Any]:
+    """One canonical item row from a metadata record whose id is in ``id_field``."""
+    return {
+        "item_id": str(_require(record, id_field, path, line_no)),
+        "title": _optional_str(record.get("title"), path, line_no, "title") or "",
+        "brand": _optional_str(record.get("brand"), path, line_no, "brand"),
+        "categories": categories,
+        "description": _optional_str(record.get("description"), path, line_no, "description") or "",
+    }
+
+
 def _read_bundled(directory: Path) -> Dataset:
     inter_path = _first_existing(directory, ["interactions.tsv.gz", "interactions.tsv"], "interactions")
     items_path = _first_existing(directory, ["items.jsonl.gz", "items.jsonl"], "items")
@@ -134,17 +145,10 @@ def _read_bundled(directory: Path) -> Dataset:
     interactions = frame[INTERACTION_COLUMNS].copy()
     interactions["position"] = interactions["position"].astype("int64")
 
-    rows = []
-    for line_no, record in _json_lines(items_path, allow_python_literals=False):
-        rows.append(
-            {
-                "item_id": str(_require(record, "item_id", items_path, line_no)),
-                "title": _optional_str(record.get("title"), items_path, line_no, "title") or "",
-                "brand": _optional_str(record.get("brand"), items_path, line_no, "brand"),
-                "categories": _as_str_list(record.get("categories"), items_path, line_no, "categories"),
-                "description": _optional_str(record.get("description"), items_path, line_no, "description") or "",
-            }
-        )
+    rows = [
+        _item_row(record, items_path, line_no, "item_id", _as_str_list(record.get("categories"), items_path, line_no, "categories"))
+        for line_no, record in _json_lines(items_path, allow_python_literals=False)
+    ]
     dataset = Dataset(interactions, pd.DataFrame(rows, columns=ITEM_COLUMNS))
     # Row i of the frame is line i + 2 of the file (line 1 is the header).
     _check_consistency(dataset, inter_path, range(2, len(interactions) + 2), items_path)
@@ -188,17 +192,10 @@ def _read_amazon_json(directory: Path, cfg: DataConfig) -> Dataset:
     frame = pd.DataFrame(reviews, columns=["user_id", "item_id", "timestamp"])
     frame["timestamp"] = frame["timestamp"].astype("Int64")
 
-    items = []
-    for line_no, record in _json_lines(meta_path, allow_python_literals=True):
-        items.append(
-            {
-                "item_id": str(_require(record, "asin", meta_path, line_no)),
-                "title": _optional_str(record.get("title"), meta_path, line_no, "title") or "",
-                "brand": _optional_str(record.get("brand"), meta_path, line_no, "brand"),
-                "categories": _flatten_categories(record.get("categories"), meta_path, line_no),
-                "description": _optional_str(record.get("description"), meta_path, line_no, "description") or "",
-            }
-        )
+    items = [
+        _item_row(record, meta_path, line_no, "asin", _flatten_categories(record.get("categories"), meta_path, line_no))
+        for line_no, record in _json_lines(meta_path, allow_python_literals=True)
+    ]
     items_frame = pd.DataFrame(items, columns=ITEM_COLUMNS)
     # Checked while rows are still in file order, so an error can name the review's line.
     _check_consistency(Dataset(frame, items_frame), reviews_path, lines, meta_path)

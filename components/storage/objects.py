@@ -167,20 +167,6 @@ def fetch_dir(uri: str, work_dir: str | Path) -> Path:
     return cache
 
 
-def fetch_file(uri: str, work_dir: str | Path) -> Path:
-    """A local path for the single file ``uri`` (downloaded if on S3)."""
-    if not is_s3(uri):
-        path = Path(uri)
-        if not path.is_file():
-            raise StorageError(f"{uri}: file does not exist")
-        return path
-    bucket, key = split_s3(uri)
-    dest = Path(work_dir) / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:24] / Path(key).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _s3_call(uri, s3_client().download_file, bucket, key, str(dest))
-    return dest
-
-
 def list_dirs(uri: str) -> list[str]:
     """Names of the immediate sub-directories (prefixes) under ``uri``."""
     if is_s3(uri):
