@@ -104,7 +104,8 @@ def test_failed_validation_stops_the_flow_and_points_at_data_docs(beauty_slice: 
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "expect_column_values_to_be_between on n" in result.stderr
-    docs = result.stderr.split("Data Docs: ")[1].split()[0]
-    assert Path(docs).is_file()
+    # The CLI's own message ends with the report's path on a line of its own.
+    docs = [line.removeprefix("Data Docs: ") for line in result.stderr.splitlines() if line.startswith("Data Docs: ")]
+    assert docs and Path(docs[-1]).is_file()
     assert (tmp_path / "artifacts" / "datasets").is_dir()  # ingest ran
     assert not (tmp_path / "artifacts" / "semantic_ids").exists()  # nothing after validation did
