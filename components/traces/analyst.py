@@ -1,0 +1,339 @@
+"""An offline trace teacher: GR2's three reasoning steps written from training-split statistics.
+
+The analyst scores each candidate from facts it can check (shared leaf categories and brands with
+the history, co-purchases with history items, the category that usually follows the latest
+purchase, popularity, the pre-rank position), samples a ranking from those scores with
+temperature, and writes the reasoning from the same facts. Every sentence is a template filled
+with a count computed here, so no claim can be false. Every count leaves out the example's own
+user: a training example's target is itself a training interaction, and counting it would let the
+trace cite the answer as evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import TracesConfig
+from components.prompts.render import ItemCatalog
+from components.semantic_ids.format import SID_TOKEN_RE
+from components.traces.teacher import Proposal
+
+STEP_TITLES = ("1) Patterns in the history:", "2) Complementary categories and brands:", "3) Final selection:")
+
+
+def trace_length(text: str) -> int:
+    """The token-count proxy that ``target_tokens`` is measured in.
+
+    Args:
+        text: a reasoning trace.
+
+    Returns:
+        The number of SID tokens (one per level, as the tokenizer has them) plus the number of
+        whitespace-separated words holding at least one letter or digit (bare punctuation left
+        around a SID, such as ``(`` or ``,``, is not counted).
+    """
+    words = SID_TOKEN_RE.sub(" ", text).split()
+    return len(SID_TOKEN_RE.findall(text)) + sum(any(ch.isalnum() for ch in word) for word in words)
+
+
+def training_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
+    """The training part of a leave-one-out split: every user's interactions but the last two.
+
+    Args:
+        interactions: user_id, item_id, position (0-based, contiguous per user).
+
+    Returns:
+        The rows whose item is neither the user's valid (second last) nor test (last) target,
+        the same rule as ``components.candidates.splits``.
+    """
+    length = interactions.groupby("user_id")["position"].transform("size")
+    return interactions[length - 1 - interactions["position"] >= 2]
+
+
+@dataclass
+class AnalystStats:
+    """Counts over training interactions that the analyst's claims cite."""
+
+    popularity: Counter[str] = field(default_factory=Counter)
+    # item -> item -> number of users who bought both (distinct items per user).
+    co_purchase: dict[str, Counter[str]] = field(default_factory=dict)
+    # leaf category -> leaf category of the very next purchase -> count.
+    category_transitions: dict[str, Counter[str]] = field(default_factory=dict)
+    # Each user's own share of the counts above, subtracted when the analyst writes for that user.
+    user_items: dict[str, Counter[str]] = field(default_factory=dict)
+    user_transitions: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, train_interactions: pd.DataFrame, catalog: ItemCatalog) -> AnalystStats:
+        """Count popularity, co-purchases and category transitions.
+
+        Args:
+            train_interactions: user_id, item_id, position of the training split only (see
+                ``training_interactions``); valid and test targets must not be in it.
+            catalog: gives each item its leaf category; items missing from it add no transitions.
+
+        Returns:
+            The fitted statistics.
+        """
+        stats = cls()
+        ordered = train_interactions.sort_values(["user_id", "position"], kind="stable")
+        for user_id, items in ordered.groupby("user_id", sort=False)["item_id"]:
+            sequence = items.tolist()
+            stats.popularity.update(sequence)
+            own_items = stats.user_items[str(user_id)] = Counter(sequence)
+            distinct = set(own_items)
+            for item in distinct:
+                stats.co_purchase.setdefault(item, Counter()).update(distinct - {item})
+            categories = [catalog.item(i).leaf_category if i in catalog else None for i in sequence]
+            own_transitions = stats.user_transitions[str(user_id)] = Counter(
+                (before, after) for before, after in zip(categories, categories[1:]) if before and after
+            )
+            for (before, after), count in own_transitions.items():
+                stats.category_transitions.setdefault(before, Counter())[after] += count
+        return stats
+
+    def co_purchases(self, a: str, b: str, user_id: str) -> int:
+        """Users other than ``user_id`` who bought both ``a`` and ``b`` (distinct items) in training."""
+        own = self.user_items.get(user_id, Counter())
+        return 0 if a == b else self.co_purchase.get(a, Counter())[b] - int(a in own and b in own)
+
+    def purchases(self, item: str, user_id: str) -> int:
+        """Training purchases of ``item`` by users other than ``user_id``."""
+        return self.popularity[item] - self.user_items.get(user_id, Counter())[item]
+
+    def transitions_from(self, category: str, user_id: str) -> Counter[str]:
+        """Leaf categories bought right after ``category`` by users other than ``user_id``, with counts."""
+        own = self.user_transitions.get(user_id, Counter())
+        counts = Counter(self.category_transitions.get(category, Counter()))
+        counts.subtract({after: n for (before, after), n in own.items() if before == category})
+        return +counts  # drops the categories only this user moved to
+
+
+@dataclass(frozen=True)
+class AnalystWeights:
+    """How much each signal adds to a candidate's score (the scale of ``temperature``)."""
+
+    co_purchase: float = 1.0  # per log(1 + co-purchases summed over history items)
+    category: float = 1.0  # per share of history items in the candidate's leaf category
+    brand: float = 0.5  # per share of history items of the candidate's brand
+    transition: float = 1.0  # per share of transitions from the latest category into the candidate's
+    popularity: float = 0.1  # per log(1 + training purchases by other users)
+    pre_rank: float = 0.5  # per -log(pre-rank position): the pre-ranker is a strong prior
+
+
+@dataclass
+class _Evidence:
+    """The facts about one candidate, all computed from the example and the statistics."""
+
+    item_id: str
+    sid: str
+    category: str | None
+    brand: str | None
+    pre_rank: int
+    co_count: int  # best single history item
+    co_with_sid: str | None
+    co_total: int  # summed over distinct history items
+    category_matches: int
+    brand_matches: int
+    transition_count: int
+    transition_total: int
+    popularity: int
+
+    def score(self, weights: AnalystWeights, history_size: int) -> float:
+        share = self.transition_count / self.transition_total if self.transition_total else 0.0
+        return (
+            weights.co_purchase * math.log1p(self.co_total)
+            + weights.category * self.category_matches / history_size
+            + weights.brand * self.brand_matches / history_size
+            + weights.transition * share
+            + weights.popularity * math.log1p(self.popularity)
+            - weights.pre_rank * math.log(self.pre_rank)
+        )
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    step: int  # 0, 1 or 2
+    text: str
+    priority: float  # lower is added first; -inf is always kept
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return one if count == 1 else many
+
+
+class AnalystTeacher:
+    """Writes GR2's three-step reasoning from training statistics; see the module docstring."""
+
+    def __init__(
+        self,
+        stats: AnalystStats,
+        target_tokens: int = 130,
+        temperature: float = 0.8,
+        weights: AnalystWeights | None = None,
+    ) -> None:
+        """Args:
+        stats: training-split statistics.
+        target_tokens: the trace length to aim for, in ``trace_length`` units.
+        temperature: scale of the Gumbel noise on the scores; 0 always gives the same ranking.
+        weights: signal weights; the defaults when None.
+        """
+        self.stats = stats
+        self.target_tokens = target_tokens
+        self.temperature = temperature
+        self.weights = weights or AnalystWeights()
+
+    @classmethod
+    def from_config(cls, stats: AnalystStats, cfg: TracesConfig) -> AnalystTeacher:
+        """An analyst with the config's length target and temperature.
+
+        Args:
+            stats: training-split statistics.
+            cfg: the traces section.
+
+        Returns:
+            The teacher.
+        """
+        return cls(stats, target_tokens=cfg.target_tokens, temperature=cfg.temperature)
+
+    def propose(
+        self, example: Mapping[str, Any], catalog: ItemCatalog, rng: np.random.Generator, target: str | None
+    ) -> Proposal:
+        """Sample a ranking from the evidence scores and write the trace that argues for it.
+
+        Args:
+            example: user_id, history (oldest first), candidates (pre-rank order).
+            catalog: SIDs, categories and brands.
+            rng: Gumbel noise source; repeated calls give different rankings when temperature > 0.
+            target: put this candidate first and argue for it (targeted mode), or None.
+
+        Returns:
+            The trace and a permutation of the candidates.
+        """
+        history = list(example["history"])
+        candidates = list(example["candidates"])
+        if target is not None and target not in candidates:
+            raise ValueError(f"target {target!r} is not among the candidates")
+        evidence = [self._evidence(str(example["user_id"]), history, c, rank, catalog) for rank, c in enumerate(candidates, 1)]
+        scores = np.array([e.score(self.weights, max(len(history), 1)) for e in evidence])
+        keys = scores + self.temperature * rng.gumbel(size=len(scores))
+        order = [evidence[i] for i in np.argsort(-keys, kind="stable")]
+        if target is not None:
+            order.sort(key=lambda e: e.item_id != target)  # stable: the rest keep their sampled order
+        reasoning = self._write(history, order, catalog)
+        return Proposal(reasoning=reasoning, ranking=[e.item_id for e in order])
+
+    def _evidence(
+        self, user_id: str, history: Sequence[str], candidate: str, pre_rank: int, catalog: ItemCatalog
+    ) -> _Evidence:
+        item = catalog.item(candidate)
+        co_counts = {h: self.stats.co_purchases(h, candidate, user_id) for h in dict.fromkeys(history)}
+        # Most co-purchases first; ties go to the most recent history item.
+        best = max(reversed(list(co_counts)), key=lambda h: co_counts[h], default=None)
+        latest_category = catalog.item(history[-1]).leaf_category if history else None
+        transitions = self.stats.transitions_from(latest_category, user_id) if latest_category else Counter()
+        return _Evidence(
+            item_id=candidate,
+            sid=item.sid,
+            category=item.leaf_category,
+            brand=item.brand,
+            pre_rank=pre_rank,
+            co_count=co_counts[best] if best is not None else 0,
+            co_with_sid=catalog.sid(best) if best is not None and co_counts[best] > 0 else None,
+            co_total=sum(co_counts.values()),
+            category_matches=sum(1 for h in history if item.leaf_category and catalog.item(h).leaf_category == item.leaf_category),
+            brand_matches=sum(1 for h in history if item.brand and catalog.item(h).brand == item.brand),
+            transition_count=transitions[item.leaf_category] if item.leaf_category else 0,
+            transition_total=sum(transitions.values()),
+            popularity=self.stats.purchases(candidate, user_id),
+        )
+
+    def _write(self, history: Sequence[str], order: Sequence[_Evidence], catalog: ItemCatalog) -> str:
+        sentences = self._history_sentences(history, catalog) + self._candidate_sentences(history, order, catalog)
+        sentences += self._selection_sentences(order)
+        kept = [s for s in sentences if s.priority == -math.inf]
+        used = sum(trace_length(s.text) for s in kept) + sum(trace_length(t) for t in STEP_TITLES)
+        # Greedy fill by priority; a sentence that overshoots is skipped so a shorter one may fit.
+        for sentence in sorted((s for s in sentences if s.priority != -math.inf), key=lambda s: s.priority):
+            length = trace_length(sentence.text)
+            if used + length <= self.target_tokens:
+                kept.append(sentence)
+                used += length
+        kept_ids = {id(s) for s in kept}
+        steps = [
+            " ".join([title] + [s.text for s in sentences if s.step == step and id(s) in kept_ids])
+            for step, title in enumerate(STEP_TITLES)
+        ]
+        return " ".join(steps)
+
+    def _history_sentences(self, history: Sequence[str], catalog: ItemCatalog) -> list[_Sentence]:
+        size = len(history)
+        items = [catalog.item(h) for h in history]
+        sentences: list[_Sentence] = []
+        for kind, (attribute, template) in enumerate(
+            (("leaf_category", "{n} of {k} history items {verb} {value}, most recently {sid}."),
+             ("brand", "{n} of {k} history items {verb} by {value}, most recently {sid}."))
+        ):
+            # Counted newest first, so ties go to the more recent value (most_common keeps that order).
+            counts = Counter(getattr(item, attribute) for item in reversed(items) if getattr(item, attribute))
+            for position, (value, n) in enumerate(counts.most_common()):
+                latest = next(item for item in reversed(items) if getattr(item, attribute) == value)
+                text = template.format(n=n, k=size, verb=_plural(n, "is", "are"), value=value, sid=latest.sid)
+                # A repeated dominant category is the step's core; single items are weak patterns, so last.
+                core = kind == 0 and position == 0 and n > 1
+                priority = -math.inf if core else position + 0.5 * kind + (10.0 if n == 1 else 0.0)
+                sentences.append(_Sentence(0, text, priority))
+        if history:
+            latest = items[-1]
+            text = f"The latest purchase is {latest.sid}" + (f" ({latest.leaf_category})." if latest.leaf_category else ".")
+            has_core = any(s.priority == -math.inf for s in sentences)
+            sentences.append(_Sentence(0, text, 0.25 if has_core else -math.inf))
+        return sentences
+
+    def _candidate_sentences(
+        self, history: Sequence[str], order: Sequence[_Evidence], catalog: ItemCatalog
+    ) -> list[_Sentence]:
+        latest_category = catalog.item(history[-1]).leaf_category if history else None
+        cited_transitions: set[str] = set()
+        sentences: list[_Sentence] = []
+        for rank, e in enumerate(order):
+            facts: list[str] = []
+            if e.co_with_sid is not None:
+                facts.append(
+                    f"{e.sid} was also bought by {e.co_count} other {_plural(e.co_count, 'shopper', 'shoppers')} "
+                    f"who bought {e.co_with_sid}."
+                )
+            if e.category_matches:
+                facts.append(f"{e.sid} is {e.category}, like {e.category_matches} history {_plural(e.category_matches, 'item', 'items')}.")
+            if e.brand_matches:
+                facts.append(f"{e.sid} is by {e.brand}, like {e.brand_matches} history {_plural(e.brand_matches, 'item', 'items')}.")
+            if e.transition_count and e.category not in cited_transitions:
+                cited_transitions.add(e.category or "")
+                facts.append(
+                    f"Other shoppers follow {latest_category} with {e.category} "
+                    f"{e.transition_count} of {e.transition_total} times."
+                )
+            facts.append(f"{e.sid} was bought {e.popularity} {_plural(e.popularity, 'time', 'times')} by other shoppers.")
+            for kind, text in enumerate(facts):
+                # The top item's strongest fact is the step's core; evidence for higher-ranked
+                # items comes first, so a short trace argues for its own top choices.
+                core = rank == 0 and kind == 0
+                sentences.append(_Sentence(1, text, -math.inf if core else rank + 0.1 * kind))
+        return sentences
+
+    def _selection_sentences(self, order: Sequence[_Evidence]) -> list[_Sentence]:
+        top = [e.sid for e in order[:3]]
+        lead = f"I rank {top[0]} first" + (f", then {' and '.join(top[1:])}." if len(top) > 1 else ".")
+        sentences = [_Sentence(2, lead, -math.inf), _Sentence(2, f"{top[0]} was pre-ranked {order[0].pre_rank}.", 0.75)]
+        for rank, e in enumerate(order[len(order) // 2 :], len(order) // 2):
+            if not (e.co_total or e.category_matches or e.brand_matches):
+                text = f"{e.sid} shares no co-purchase, category or brand with the history, so it ranks low."
+                sentences.append(_Sentence(2, text, rank + 0.5))
+        return sentences
