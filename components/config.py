@@ -148,6 +148,32 @@ class TrainingConfig(_Section):
     seed: int = 0
 
 
+class SftConfig(_Section):
+    # GR2 SFT decouples the reasoning and answer losses with lambda_r < lambda_o; "0.1 / 1" are
+    # the values one digest reports (paper.md section 4, marked unverified there).
+    lambda_reasoning: float = Field(0.1, ge=0.0)
+    lambda_answer: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _reasoning_weighs_less(self) -> "SftConfig":
+        if self.lambda_reasoning >= self.lambda_answer:
+            raise ValueError("sft.lambda_reasoning must be smaller than sft.lambda_answer (GR2: lambda_r < lambda_o)")
+        return self
+
+
+class RlConfig(_Section):
+    # DAPO (GR2 stage 3) and the diffusion RL stage share these (paper.md sections 4, 6.5, 9).
+    group_size: int = Field(8, ge=2)
+    # Clip-higher: a wider upper clip keeps low-probability tokens explorable (DAPO).
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0)
+    clip_high: float = Field(0.28, gt=0.0)
+    # Weight of the conditional format reward (Diffusion-GR2: alpha = 0.2).
+    format_weight: float = Field(0.2, ge=0.0)
+    invalid_reward: float = -1.0
+    # DAPO drops the KL term; kept as a knob for comparison.
+    kl_weight: float = Field(0.0, ge=0.0)
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -162,6 +188,8 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     traces: TracesConfig = TracesConfig()
     training: TrainingConfig = TrainingConfig()
+    sft: SftConfig = SftConfig()
+    rl: RlConfig = RlConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":
