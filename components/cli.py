@@ -33,7 +33,7 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Overri
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a readable summary.")]
 
 # Errors that mean bad input or a failed check, not a bug: reported in one line, exit code 2.
-_USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError", "ValueError")
+_USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError")
 
 
 def _project_environment(work_dir: str) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.config import ConfigError
+
 
 @dataclass
 class Quantization:
@@ -42,14 +44,14 @@ def assign_unique_level(prefix_codes: np.ndarray, last_level_size: int, seed: in
     """A last code per item, distinct within each group of items that share ``prefix_codes``.
 
     Raises:
-        ValueError: a collision group is larger than ``last_level_size`` (IDs could not be unique).
+        ConfigError: a collision group is larger than ``last_level_size`` (IDs could not be unique).
     """
     rng = np.random.default_rng(seed)
     last = np.zeros(len(prefix_codes), dtype=np.int64)
     _, group_of, group_sizes = np.unique(prefix_codes, axis=0, return_inverse=True, return_counts=True)
     longest = int(group_sizes.max())
     if longest > last_level_size:
-        raise ValueError(
+        raise ConfigError(
             f"semantic_ids.last_level_size={last_level_size} is smaller than the longest collision chain "
             f"({longest} items share one prefix); raise it or add a quantized level"
         )
