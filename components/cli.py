@@ -33,6 +33,7 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Overri
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a readable summary.")]
 
 # Errors that mean bad input or a failed check, not a bug: reported in one line, exit code 2.
+# Matched by class name so that start-up need not import the modules (GX) that define them.
 _USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError")
 
 
