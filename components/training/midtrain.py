@@ -1,0 +1,95 @@
+"""SID mid-training examples: teach the model what the new SID tokens mean before SFT.
+
+Two of the item-alignment tasks (paper.md section 3), as plain (prompt, target) text pairs with the
+loss on the target only:
+
+* sequential preference modeling: the SIDs of a purchase history -> the SID bought next;
+* itemic dense captioning: a SID -> its category path and title (and, optionally, back).
+
+They are encoded and collated with the SFT machinery (``components.training.sft``), every target
+token weighted 1, and trained with ``weighted_lm_loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from components.prompts.render import CatalogItem, ItemCatalog
+from components.training.sft import EncodedExample, encode_weighted
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """A prompt and the target text the model must continue it with."""
+
+    prompt: str
+    target: str
+
+
+def next_item_examples(sequences: Iterable[Sequence[str]], catalog: ItemCatalog, history_max: int) -> list[TextPair]:
+    """History SIDs -> next SID, one pair for every position after the first of every sequence.
+
+    Args:
+        sequences: each user's item ids, oldest first, holding TRAIN positions only: the caller
+            cuts off the validation and test items, which would otherwise leak into training.
+        catalog: gives every item its SID.
+        history_max: most recent history items shown in a prompt.
+
+    Returns:
+        ``"Purchase history (oldest first): <sid> <sid> ...\\nNext item:\\n"`` -> ``"<sid>"`` pairs.
+    """
+    pairs = []
+    for sequence in sequences:
+        sids = catalog.sids(sequence)
+        for position in range(1, len(sids)):
+            history = " ".join(sids[max(0, position - history_max) : position])
+            pairs.append(TextPair(f"Purchase history (oldest first): {history}\nNext item:\n", sids[position]))
+    return pairs
+
+
+def caption(item: CatalogItem) -> str:
+    """``"category > ... > leaf | title"``; either side alone when the item lacks the other."""
+    return " | ".join(part for part in (" > ".join(item.categories), item.title) if part)
+
+
+def caption_examples(catalog: ItemCatalog, item_ids: Iterable[str], reverse: bool = False) -> list[TextPair]:
+    """SID -> caption pairs, and caption -> SID pairs when ``reverse`` is set.
+
+    Args:
+        catalog: item metadata and SIDs.
+        item_ids: the items to caption (e.g. every item of the catalog: captions read item text
+            only, never an interaction).
+        reverse: also add the text -> SID direction.
+
+    Returns:
+        ``"Item <sid>\\nDescription:\\n"`` -> caption pairs, then the reverse pairs if asked for;
+        items with neither categories nor title are skipped.
+    """
+    items = [catalog.item(item_id) for item_id in item_ids]
+    described = [(item.sid, text) for item in items if (text := caption(item))]
+    pairs = [TextPair(f"Item {sid}\nDescription:\n", text) for sid, text in described]
+    if reverse:
+        pairs += [TextPair(f"Description: {text}\nItem:\n", sid) for sid, text in described]
+    return pairs
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: Iterable[TextPair], max_length: int
+) -> list[EncodedExample]:
+    """Encode text pairs with weight 1 on the target and its end-of-text token, 0 on the prompt.
+
+    Args:
+        tokenizer: a fast tokenizer with an eos token.
+        pairs: the pairs to encode.
+        max_length: the longest sequence allowed, in tokens.
+
+    Returns:
+        One example per pair, ready for ``components.training.sft.collate``.
+
+    Raises:
+        ValueError: a pair is longer than ``max_length``.
+    """
+    return [encode_weighted(tokenizer, pair.prompt, pair.target, tokenizer.eos_token, max_length) for pair in pairs]
