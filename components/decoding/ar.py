@@ -1,0 +1,256 @@
+"""Batched autoregressive decoding with a KV cache: greedy or seeded temperature/nucleus sampling.
+
+Prompts are left-padded so that every sequence's next token sits in the last column; one prefill
+forward fills a ``DynamicCache`` and each later forward feeds one token per sequence. A sequence
+that emits a stop token is finished: it stays in the batch and is fed the pad token (its outputs are
+ignored) until every sequence in its batch is done, so the cache never has to be re-indexed.
+The log-prob of each chosen token is returned for RL (the policy's old log-probs).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from components.modeling.tokenizer import IM_END
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """The completions of one ``generate`` call, in prompt order."""
+
+    # Decoded completions: special tokens removed (SID tokens kept), the stop token left out.
+    texts: list[str]
+    # Generated ids per sequence, the stop token included when one was produced.
+    token_ids: list[list[int]]
+    # Log-prob of each generated token under the temperature-scaled distribution (before nucleus
+    # truncation; temperature 1 when greedy).
+    logprobs: list[list[float]]
+    # Decoding forwards over all batches; each batch's prefill counts as one.
+    forward_passes: int
+    # Wall-clock time of the whole call, tokenization and detokenization included.
+    seconds: float
+
+    @property
+    def output_tokens(self) -> int:
+        """Generated tokens over all sequences, stop tokens included."""
+        return sum(len(ids) for ids in self.token_ids)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Generated tokens per second of wall-clock time."""
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's eos id and ``<|im_end|>`` (which closes a chat turn) when it has one."""
+    stops = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    im_end = tokenizer.get_vocab().get(IM_END)
+    if im_end is not None and im_end not in stops:
+        stops.append(im_end)
+    return stops
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The name under which ``model.forward`` takes its KV cache.
+
+    Newer transformers call it ``cache`` and deprecate ``past_key_values``; older ones only know
+    ``past_key_values``.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(ids, mask)``, both ``(B, max_len)``, mask 1 on real tokens."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` (B, V) with every token outside the top-p nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``;
+    the most likely token is always kept.
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # Drop a token when the tokens ranked above it already reach top_p.
+    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _choose(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row and its log-prob.
+
+    Args:
+        logits: (B, V) next-token logits, float32.
+        temperature: 0 for greedy.
+        top_p: nucleus mass for sampling; 1 keeps the whole vocabulary.
+        generator: the sampling RNG.
+
+    Returns:
+        (tokens (B,), logprobs (B,)): the log-prob is under ``logits / temperature`` over the full
+        vocabulary (``logits`` when greedy), which a training forward can recompute exactly.
+    """
+    if temperature == 0.0:
+        tokens = logits.argmax(dim=-1)
+        log_probs = logits.log_softmax(dim=-1)
+    else:
+        scaled = logits / temperature
+        log_probs = scaled.log_softmax(dim=-1)
+        sample_from = _nucleus(scaled, top_p) if top_p < 1.0 else scaled
+        tokens = torch.multinomial(sample_from.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    stop_ids: torch.Tensor,
+    pad_id: int,
+    cache_argument: str,
+) -> tuple[list[list[int]], list[list[float]], int]:
+    """Decode one batch of tokenized prompts.
+
+    Returns:
+        (token ids, log-probs, forward passes), one list per prompt; the ids stop after the first
+        stop token.
+    """
+    device = stop_ids.device
+    ids, mask = _left_pad(prompt_ids, pad_id, device)  # (B, P), (B, P)
+    # Each real token's position counts the real tokens before it, so a left-padded prompt gets
+    # the positions it would have alone; pads get 0 (they are never attended to).
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
+    cache = DynamicCache()
+    batch = ids.shape[0]
+    tokens = torch.empty((batch, 0), dtype=torch.long, device=device)  # (B, T)
+    log_probs = torch.empty((batch, 0), dtype=torch.float32, device=device)  # (B, T)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+    forwards = 0
+    step_ids, step_positions = ids, positions
+    while tokens.shape[1] < max_new_tokens and not bool(done.all()):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument: cache},
+        )
+        forwards += 1
+        logits = out.logits[:, -1].float()  # (B, V)
+        next_tokens, next_log_probs = _choose(logits, temperature, top_p, generator)  # (B,), (B,)
+        next_tokens = next_tokens.masked_fill(done, pad_id)
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+        log_probs = torch.cat([log_probs, next_log_probs[:, None]], dim=1)
+        done = done | torch.isin(next_tokens, stop_ids)
+        step_ids = next_tokens[:, None]  # (B, 1)
+        step_positions = step_positions[:, -1:] + 1  # (B, 1)
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+
+    token_rows, log_prob_rows = tokens.tolist(), log_probs.tolist()
+    stop_set = set(stop_ids.tolist())
+    for i, row in enumerate(token_rows):
+        # Cut after the first stop token; the pads fed to a finished row are not output.
+        end = next((t + 1 for t, token in enumerate(row) if token in stop_set), len(row))
+        token_rows[i], log_prob_rows[i] = row[:end], log_prob_rows[i][:end]
+    return token_rows, log_prob_rows, forwards
+
+
+@torch.inference_mode()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop_token_ids: list[int] | None = None,
+    batch_size: int = 16,
+) -> Generation:
+    """Complete chat prompts with the model, ``batch_size`` prompts at a time.
+
+    Args:
+        model: a causal LM; its train/eval mode is restored afterwards (decoding runs in eval).
+        tokenizer: its tokenizer.
+        prompts: prompts already rendered with the chat template (no special tokens are added).
+        max_new_tokens: the most tokens generated per prompt.
+        temperature: 0 for greedy decoding, otherwise the sampling temperature.
+        top_p: nucleus sampling mass in (0, 1]; ignored when greedy.
+        seed: seeds the sampling RNG so a call is reproducible; None draws fresh randomness.
+        stop_token_ids: ids that end a sequence; default: eos and ``<|im_end|>``.
+        batch_size: prompts per batch.
+
+    Returns:
+        The completions in prompt order.
+
+    Raises:
+        ValueError: on an empty prompt or an out-of-range argument.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be positive")
+    if temperature < 0.0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    stops = default_stop_token_ids(tokenizer) if stop_token_ids is None else list(stop_token_ids)
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Rendered prompts already hold their special tokens; adding a bos here would double it.
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("every prompt must have at least one token")
+    generator = None
+    if temperature > 0.0 and seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    cache_argument = _cache_argument(model)
+
+    was_training = model.training
+    model.eval()
+    token_ids: list[list[int]] = []
+    logprobs: list[list[float]] = []
+    forward_passes = 0
+    try:
+        for first in range(0, len(prompt_ids), batch_size):
+            rows, row_log_probs, forwards = _generate_batch(
+                model,
+                prompt_ids[first : first + batch_size],
+                max_new_tokens,
+                temperature,
+                top_p,
+                generator,
+                stop_ids,
+                pad_id,
+                cache_argument,
+            )
+            token_ids += rows
+            logprobs += row_log_probs
+            forward_passes += forwards
+    finally:
+        model.train(was_training)
+
+    stop_set = set(stops)
+    bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
+    texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
+    return Generation(texts, token_ids, logprobs, forward_passes, time.perf_counter() - start)
