@@ -2,6 +2,7 @@
 
 from components.evaluation.metrics import (
     METRIC_NAMES,
+    answer_metrics,
     answer_ranks,
     bootstrap_ci,
     evaluate_answers,
@@ -15,6 +16,7 @@ from components.evaluation.metrics import (
 
 __all__ = [
     "METRIC_NAMES",
+    "answer_metrics",
     "answer_ranks",
     "bootstrap_ci",
     "evaluate_answers",

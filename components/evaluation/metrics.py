@@ -215,6 +215,29 @@ def answer_ranks(
     return ranks, parsed_answers
 
 
+def answer_metrics(ranks: np.ndarray, parsed_answers: Sequence[ParsedAnswer], cfg: EvaluationConfig) -> dict[str, Any]:
+    """Ranking metrics of scored answers plus the valid rate and failure counts.
+
+    Args:
+        ranks: the target's rank under each answer (invalid ones already at their pre-rank).
+        parsed_answers: each checked answer, in the same order.
+        cfg: bootstrap samples, confidence and seed.
+
+    Returns:
+        :func:`ranking_metrics` plus ``valid_rate``, ``invalid_count`` (answers scored as the
+        pre-rank order) and ``failure_counts`` (answers carrying each failure class; one answer
+        can carry several, so these may sum to more than ``invalid_count``).
+    """
+    valid_count = sum(parsed.valid for parsed in parsed_answers)
+    result = ranking_metrics(ranks, cfg)
+    result["valid_rate"] = valid_count / len(parsed_answers)
+    result["invalid_count"] = len(parsed_answers) - valid_count
+    result["failure_counts"] = {
+        name: sum(name in parsed.failures for parsed in parsed_answers) for name in FAILURE_CLASSES
+    }
+    return result
+
+
 def evaluate_answers(
     examples: pd.DataFrame, answers: Sequence[str], catalog: ItemCatalog, cfg: EvaluationConfig
 ) -> dict[str, Any]:
@@ -227,16 +250,7 @@ def evaluate_answers(
         cfg: bootstrap samples, confidence and seed.
 
     Returns:
-        :func:`ranking_metrics` plus ``valid_rate``, ``invalid_count`` (answers scored as the
-        pre-rank order) and ``failure_counts`` (answers carrying each failure class; one answer
-        can carry several, so these may sum to more than ``invalid_count``).
+        :func:`answer_metrics` of the answers.
     """
     ranks, parsed_answers = answer_ranks(examples, answers, catalog)
-    valid_count = sum(parsed.valid for parsed in parsed_answers)
-    result = ranking_metrics(ranks, cfg)
-    result["valid_rate"] = valid_count / len(parsed_answers)
-    result["invalid_count"] = len(parsed_answers) - valid_count
-    result["failure_counts"] = {
-        name: sum(name in parsed.failures for parsed in parsed_answers) for name in FAILURE_CLASSES
-    }
-    return result
+    return answer_metrics(ranks, parsed_answers, cfg)
