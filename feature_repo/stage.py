@@ -8,11 +8,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
 
 from components import storage
 from components.config import Config
 from components.data.ingest import load_dataset
+from components.semantic_ids.build import read_sids
 from components.stage import StageResult, StageSpec
 from feature_repo.store import apply_definitions, build_feature_tables, materialize, open_store
 
@@ -62,7 +62,7 @@ def build_features(cfg: Config, dataset_uri: str, sid_uri: str) -> StageResult:
 
     started = time.perf_counter()
     dataset = load_dataset(dataset_uri, work_dir)
-    sids = pd.read_parquet(storage.fetch_dir(sid_uri, work_dir) / "sids.parquet", columns=["item_id", "sid"])
+    sids = read_sids(sid_uri, work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="features-") as staging:
         build_feature_tables(dataset.interactions, dataset.items, sids, Path(staging))

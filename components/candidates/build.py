@@ -93,8 +93,8 @@ def build_candidate_lists(interactions: pd.DataFrame, item_ids: np.ndarray, cfg:
     sequences = dict(zip(users, np.split(codes, bounds)))
 
     targets = leave_one_out_targets(interactions, cfg.train_examples_per_user)
-    folds = user_folds(targets["user_id"], cfg.pre_ranker_folds, cfg.seed)
     user_fold = dict(zip(users, user_folds(pd.Series(users), cfg.pre_ranker_folds, cfg.seed)))
+    folds = targets["user_id"].map(user_fold).to_numpy()
     rng = np.random.default_rng(cfg.seed)
     candidates = np.empty((len(targets), cfg.num_candidates), dtype=np.int64)
     pre_rank = np.empty(len(targets), dtype=np.int64)

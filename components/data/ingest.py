@@ -249,12 +249,6 @@ def _input_digest(directory: Path, fmt: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def read_source(cfg: DataConfig, work_dir: str | Path) -> Dataset:
-    """Parse the configured source into (not yet canonical) interactions and items frames."""
-    directory = _local_source(cfg, Path(work_dir))
-    return _parse(directory, _detect_format(directory, cfg), cfg)
-
-
 def _parse(directory: Path, fmt: str, cfg: DataConfig) -> Dataset:
     return _read_bundled(directory) if fmt == "bundled" else _read_amazon_json(directory, cfg)
 

@@ -28,7 +28,7 @@ from great_expectations.core.expectation_validation_result import ExpectationVal
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from components import storage
+from components.candidates.examples import read_examples
 from components.candidates.schema import SPLITS
 from components.config import Config
 from components.data.ingest import load_dataset
@@ -301,6 +301,6 @@ def validate_examples(cfg: Config, examples_uri: str, dataset_uri: str) -> Stage
     Raises:
         DataValidationError: an expectation failed; the Data Docs show the details.
     """
-    examples = pd.read_parquet(storage.fetch_dir(examples_uri, cfg.storage.work_dir) / "examples.parquet")
+    examples = read_examples(examples_uri, cfg.storage.work_dir)
     items = load_dataset(dataset_uri, cfg.storage.work_dir).items
     return _run_suites(cfg, _example_suites(cfg, examples, items))
