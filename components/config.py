@@ -100,6 +100,14 @@ class EvaluationConfig(_Section):
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     seed: int = 0
+    # Test users scored: "all", or "sample" (the fixed test sample of candidates.test_sample_size
+    # users, the papers' protocol; cheaper on CPU). The sample is always reported as its own slice.
+    test_users: Literal["all", "sample"] = "all"
+    # Validation examples scored (a seeded sample of the valid split); 0 scores none.
+    valid_examples: int = Field(1000, ge=0)
+    # Decoding settings of every evaluation (greedy, as the papers report).
+    max_new_tokens: int = Field(320, ge=8)
+    decode_batch_size: int = Field(64, ge=1)
 
 
 class ModelConfig(_Section):
@@ -121,6 +129,8 @@ class TracesConfig(_Section):
     # "targeted" conditions the trace on the target instead (kept for comparison).
     mode: Literal["rejection", "targeted"] = "rejection"
     max_tries: int = Field(4, ge=1)
+    # Training examples sent to the teacher (a seeded sample of the train split); 0 = all.
+    max_examples: int = Field(0, ge=0)
     # GR2/Diffusion-GR2 traces are about 130 tokens (paper.md section 1).
     target_tokens: int = Field(130, ge=16)
     endpoint_url: str = ""
@@ -148,7 +158,32 @@ class TrainingConfig(_Section):
     seed: int = 0
 
 
-class SftConfig(_Section):
+class StageTrainingConfig(_Section):
+    """A training stage's overrides of the shared ``training`` section; None keeps the shared value."""
+
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0.0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] | None = None
+    batch_size: int | None = Field(None, ge=1)
+    grad_accum_steps: int | None = Field(None, ge=1)
+
+    def training(self, shared: TrainingConfig) -> TrainingConfig:
+        """The shared training settings with this stage's overrides applied."""
+        overrides = {k: v for k, v in self.model_dump().items() if k in TrainingConfig.model_fields and v is not None}
+        return shared.model_copy(update=overrides)
+
+
+class MidtrainConfig(StageTrainingConfig):
+    # GR2 stage 1 (paper.md section 3): next-item SID prediction and SID <-> text captioning.
+    enabled: bool = True
+    # Next-item pairs drawn (seeded) from the training positions; 0 keeps all of them.
+    max_next_item_examples: int = Field(0, ge=0)
+    # Also train text -> SID, the reverse captioning direction.
+    caption_reverse: bool = True
+
+
+class SftConfig(StageTrainingConfig):
     # GR2 SFT decouples the reasoning and answer losses with lambda_r < lambda_o; "0.1 / 1" are
     # the values one digest reports (paper.md section 4, marked unverified there).
     lambda_reasoning: float = Field(0.1, ge=0.0)
@@ -161,9 +196,16 @@ class SftConfig(_Section):
         return self
 
 
-class RlConfig(_Section):
+class RlConfig(StageTrainingConfig):
     # DAPO (GR2 stage 3) and the diffusion RL stage share these (paper.md sections 4, 6.5, 9).
+    enabled: bool = True
     group_size: int = Field(8, ge=2)
+    # Rollout sampling; temperature 1 samples the policy itself, as the importance ratio assumes.
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(320, ge=8)
+    # Train-split prompts RL samples from (seeded); 0 = all.
+    max_prompts: int = Field(0, ge=0)
     # Clip-higher: a wider upper clip keeps low-probability tokens explorable (DAPO).
     clip_low: float = Field(0.2, gt=0.0, lt=1.0)
     clip_high: float = Field(0.28, gt=0.0)
@@ -188,6 +230,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     traces: TracesConfig = TracesConfig()
     training: TrainingConfig = TrainingConfig()
+    midtrain: MidtrainConfig = MidtrainConfig()
     sft: SftConfig = SftConfig()
     rl: RlConfig = RlConfig()
 

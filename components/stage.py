@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,3 +73,29 @@ class StageSpec:
         """Where this stage's output for these inputs lives (the orchestrator's cache key too)."""
         key = stage_key(self.name, inputs, cfg.slice_hash(*self.config_sections), code_version(*self.code))
         return storage.join(cfg.storage.artifact_root, self.name, key)
+
+
+# Every stage that publishes a directory writes its metrics here, so a cache hit returns them.
+METRICS_FILE = "metrics.json"
+
+
+def cached_result(uri: str, output_name: str, work_dir: str | Path) -> StageResult | None:
+    """The result of a stage whose output is already published at ``uri``, or None."""
+    if not storage.exists(uri):
+        return None
+    metrics = json.loads((storage.fetch_dir(uri, work_dir) / METRICS_FILE).read_text())
+    return StageResult({output_name: uri}, metrics, cached=True)
+
+
+@contextmanager
+def publishing(uri: str, work_dir: str | Path, metrics: dict[str, Any]) -> Iterator[Path]:
+    """A staging directory that is published to ``uri`` (with ``metrics``) when the block succeeds.
+
+    The block writes the stage's files and may add to ``metrics``; nothing is published if it
+    raises, so a failed stage never leaves a half-written output for a later run to trust.
+    """
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="staging-") as staging:
+        yield Path(staging)
+        (Path(staging) / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
+        storage.publish_dir(staging, uri)

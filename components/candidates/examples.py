@@ -71,6 +71,14 @@ def read_examples(examples_uri: str, work_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(storage.fetch_dir(examples_uri, work_dir) / "examples.parquet")
 
 
+def split_examples(examples: pd.DataFrame, split: str, limit: int, seed: int) -> pd.DataFrame:
+    """The examples of one split, or a seeded sample of ``limit`` of them (0 = all), in file order."""
+    rows = examples[examples["split"] == split]
+    if 0 < limit < len(rows):
+        rows = rows.sample(n=limit, random_state=seed).sort_index()
+    return rows.reset_index(drop=True)
+
+
 def build_examples(
     cfg: Config, dataset_uri: str, sid_uri: str, candidates_uri: str, feature_store_dir: str | None
 ) -> StageResult:

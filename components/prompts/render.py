@@ -110,6 +110,11 @@ class ItemCatalog:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._by_item_id
 
+    @property
+    def item_ids(self) -> list[str]:
+        """Every item id, in catalog order."""
+        return list(self._by_item_id)
+
     def item(self, item_id: str) -> CatalogItem:
         """The catalog entry of ``item_id``; KeyError names the item when it has none."""
         try:

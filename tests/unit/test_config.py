@@ -58,3 +58,16 @@ def test_slice_hash_changes_only_with_its_sections():
     same_section = load_config(None, ["candidates.seed=7"])
     assert base.slice_hash("candidates") == other_section.slice_hash("candidates")
     assert base.slice_hash("candidates") != same_section.slice_hash("candidates")
+
+
+def test_a_stage_overrides_only_what_it_sets_of_the_shared_training_section():
+    cfg = load_config(None, ["training.learning_rate=0.001", "training.batch_size=8", "sft.max_steps=7", "rl.learning_rate=1e-5"])
+    sft = cfg.sft.training(cfg.training)
+    assert (sft.max_steps, sft.learning_rate, sft.batch_size) == (7, 0.001, 8)
+    rl = cfg.rl.training(cfg.training)
+    assert (rl.max_steps, rl.learning_rate) == (cfg.training.max_steps, 1e-5)
+
+
+def test_reasoning_weight_must_stay_below_the_answer_weight():
+    with pytest.raises(ConfigError, match="lambda_reasoning"):
+        load_config(None, ["sft.lambda_reasoning=1.0"])
