@@ -211,11 +211,18 @@ def weighted_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor
         cross-entropy over each kind of token (0 for a batch without that kind, so every batch
         reports the same keys).
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    # Position t predicts token t + 1: the weight of a token applies to the logits one step earlier.
-    targets = batch["input_ids"][:, 1:]  # (B, T-1)
-    weights = batch["loss_weights"][:, 1:].float()  # (B, T-1)
-    segments = batch["segments"][:, 1:]  # (B, T-1)
+    # Position t predicts token t + 1. Logits are computed only from the first position that predicts
+    # a completion token in any row: the prompt positions before it carry no loss, and on a small
+    # model the vocabulary projection over them is a large share of the step's compute.
+    scored = ((batch["loss_weights"][:, 1:] != 0) | (batch["segments"][:, 1:] != PROMPT)).any(dim=0)  # (T-1,)
+    first = int(scored.nonzero()[0, 0]) if bool(scored.any()) else 0
+    width = batch["input_ids"].shape[1]
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=width - first
+    ).logits  # (B, T - first, V): positions first .. T-1
+    targets = batch["input_ids"][:, first + 1 :]  # (B, T-1-first)
+    weights = batch["loss_weights"][:, first + 1 :].float()
+    segments = batch["segments"][:, first + 1 :]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")  # (B, T-1)
     loss = (nll * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
     extras: dict[str, Tensor] = {}

@@ -72,6 +72,10 @@ def tokenizer(catalog):
     return build_tokenizer(texts, all_sid_tokens(len(SID_SIZES), SID_SIZES), vocab_size=400)
 
 
+def messages_with_longer_prompt(catalog: ItemCatalog) -> list[dict[str, str]]:
+    return render_messages([f"i{k}" for k in range(8)], ["i1", "i2"], catalog, PromptConfig())
+
+
 def _decoded_segments(tokenizer, example: EncodedExample) -> dict[tuple[int, float], str]:
     """The decoded text of each (segment, weight) run, the runs of one kind joined."""
     texts: dict[tuple[int, float], str] = {}
@@ -139,14 +143,15 @@ def test_collate_right_pads_and_masks() -> None:
 
 
 class _FixedLogits(nn.Module):
-    """Returns the same logits whatever the input: the loss can then be worked out by hand."""
+    """Returns the same logits whatever the input (the last ``logits_to_keep`` positions, as HF
+    models do): the loss can then be worked out by hand."""
 
     def __init__(self, logits: Tensor) -> None:
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.logits)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.logits[:, -logits_to_keep:])
 
 
 def test_weighted_loss_matches_hand_computation() -> None:
@@ -182,3 +187,23 @@ def test_a_few_training_steps_lower_the_loss(tokenizer, catalog, tmp_path: Path,
     train(model, batches, weighted_lm_loss, cfg, tmp_path, on_metrics=lambda step, metrics: seen.append(metrics))
     assert {"reasoning_loss", "answer_loss"} <= seen[0].keys()
     assert seen[-1]["loss"] < 0.5 * seen[0]["loss"]
+
+
+def test_loss_skips_leading_prompt_positions_without_changing_the_value(tokenizer, catalog) -> None:
+    """Logits are computed only from the first scored position on; the loss equals the full one."""
+    from components.config import ModelConfig
+    from components.modeling import build_model
+
+    model = build_model(ModelConfig(max_length=1024), tokenizer, seed=0)
+    # Prompts of different lengths, so rows start their answers at different positions.
+    examples = [
+        encode_sft_example(tokenizer, *make_example(catalog, start), CFG, max_length=512) for start in range(3)
+    ]
+    examples[1] = encode_sft_example(tokenizer, messages_with_longer_prompt(catalog), "short", catalog.sids(["i1", "i2"]), CFG, 512)
+    batch = collate(examples, tokenizer.pad_token_id)
+    loss, extras = weighted_lm_loss(model, batch)
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    weights = batch["loss_weights"][:, 1:]
+    assert loss.item() == pytest.approx(((nll * weights).sum() / weights.sum()).item(), rel=1e-5)
