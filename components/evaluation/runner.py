@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import EvaluationConfig, PromptConfig
-from components.evaluation.metrics import answer_metrics, answer_ranks, paired_difference_ci
+from components.evaluation.metrics import answer_metrics, answer_ranks, floor_metrics, paired_difference_ci
 from components.prompts.render import ItemCatalog, render_messages
 
 # What the comparison with the floor reports (DESIGN: Recall@1 and NDCG@3 are the headline metrics).
@@ -31,8 +31,13 @@ def render_prompts(tokenizer: Any, examples: pd.DataFrame, catalog: ItemCatalog,
     ]
 
 
-def _scored_slice(ranks: np.ndarray, parsed: list, pre_ranks: np.ndarray, cfg: EvaluationConfig) -> dict[str, Any]:
+def _scored_slice(
+    ranks: np.ndarray, parsed: list, pre_ranks: np.ndarray, copied: np.ndarray, cfg: EvaluationConfig
+) -> dict[str, Any]:
     result = answer_metrics(ranks, parsed, cfg)
+    # GR2's reward-hacking symptom: a valid answer that hands back the pre-rank order unchanged.
+    result["copied_pre_rank_rate"] = float(copied.mean())
+    result["floor"] = floor_metrics(pre_ranks, cfg)
     result["vs_floor"] = {m: paired_difference_ci(ranks, pre_ranks, m, cfg) for m in FLOOR_COMPARISON_METRICS}
     return result
 
@@ -56,17 +61,21 @@ def evaluate_decoder(
 
     Returns:
         ``{"all": slice, "test_sample": slice (when the examples hold sample rows), "decode": {...}}``,
-        each slice with the metrics of :func:`answer_metrics` and ``vs_floor``: the paired bootstrap
+        each slice with the metrics of :func:`answer_metrics`, ``copied_pre_rank_rate``, ``floor``
+        (the pre-rank order's metrics on the same examples) and ``vs_floor``: the paired bootstrap
         CI of (model - pre-rank floor) for Recall@1 and NDCG@3.
     """
     generation = decode(prompts)
     ranks, parsed = answer_ranks(examples, generation.texts, catalog)
     pre_ranks = examples["target_pre_rank"].to_numpy()
-    result: dict[str, Any] = {"all": _scored_slice(ranks, parsed, pre_ranks, cfg)}
+    copied = np.array(
+        [p.valid and list(p.ranking) == catalog.sids(list(c)) for p, c in zip(parsed, examples["candidates"])], dtype=bool
+    )
+    result: dict[str, Any] = {"all": _scored_slice(ranks, parsed, pre_ranks, copied, cfg)}
     in_sample = examples["in_test_sample"].to_numpy(dtype=bool)
     if in_sample.any():
         rows = np.flatnonzero(in_sample)
-        result["test_sample"] = _scored_slice(ranks[rows], [parsed[i] for i in rows], pre_ranks[rows], cfg)
+        result["test_sample"] = _scored_slice(ranks[rows], [parsed[i] for i in rows], pre_ranks[rows], copied[rows], cfg)
     result["decode"] = {
         "examples": len(prompts),
         "output_tokens": int(generation.output_tokens),

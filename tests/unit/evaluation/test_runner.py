@@ -106,3 +106,29 @@ def test_an_untrained_model_through_the_real_decoder_scores_the_floor():
     assert result["all"]["valid_rate"] == 0.0
     assert result["all"]["recall_at_1"] == pytest.approx(floor["recall_at_1"])
     assert result["decode"]["examples"] == 8 and 0 < result["decode"]["output_tokens"] <= 64
+
+
+def test_copying_the_pre_rank_order_is_valid_scores_the_floor_and_is_counted():
+    catalog = fake_catalog()
+    examples = _examples()
+    copies = [render_answer("same order", catalog.sids(list(c))) for c in examples["candidates"]]
+    result = evaluate_decoder(lambda p: _Generation(copies, 400, 2.0), ["p"] * len(examples), examples, catalog, CFG)
+    assert result["all"]["valid_rate"] == 1.0
+    assert result["all"]["copied_pre_rank_rate"] == 1.0
+    assert result["all"]["recall_at_1"] == result["all"]["floor"]["recall_at_1"]
+    assert result["test_sample"]["floor"]["n"] == 20
+
+
+def test_evaluation_examples_take_the_configured_users():
+    from components.config import Config
+    from components.evaluation.stage import evaluation_examples
+
+    rows = _examples(40).assign(split=["test"] * 20 + ["valid"] * 20, user_id=[f"u{i % 20}" for i in range(40)])
+    rows["in_test_sample"] = [i < 5 for i in range(40)]
+    cfg = Config(evaluation={"test_users": "sample", "valid_examples": 8, "seed": 3})
+    chosen = evaluation_examples(rows, cfg)
+    assert len(chosen["test"]) == 5 and chosen["test"]["in_test_sample"].all()
+    assert len(chosen["valid"]) == 8 and (chosen["valid"]["split"] == "valid").all()
+    assert chosen["valid"]["user_id"].tolist() == evaluation_examples(rows, cfg)["valid"]["user_id"].tolist()
+    everyone = evaluation_examples(rows, Config(evaluation={"test_users": "all", "valid_examples": 0}))
+    assert len(everyone["test"]) == 20 and "valid" not in everyone

@@ -1,0 +1,74 @@
+"""The evaluation stage: a model directory -> its metrics on the valid sample and the test users.
+
+Greedy AR decoding, as the papers report. The test slice covers every test user (or only the fixed
+test sample, ``evaluation.test_users: sample``) and always reports the sample as its own slice,
+so numbers compare with the papers' 1,615-user protocol.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import torch
+
+from components import storage
+from components.candidates.examples import read_examples, split_examples
+from components.config import Config
+from components.decoding.ar import generate
+from components.evaluation.runner import evaluate_decoder, render_prompts
+from components.modeling.factory import load_model
+from components.semantic_ids.build import load_catalog
+from components.stage import StageResult, StageSpec, cached_result, publishing
+
+EVALUATION_STAGE = StageSpec(
+    "evaluation", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding", "components/prompts")
+)
+
+
+def evaluation_inputs(model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, str]:
+    return {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
+
+
+def evaluation_examples(examples: pd.DataFrame, cfg: Config) -> dict[str, pd.DataFrame]:
+    """The examples each split is scored on: a seeded valid sample and the configured test users."""
+    ecfg = cfg.evaluation
+    test = split_examples(examples, "test", 0, ecfg.seed)
+    if ecfg.test_users == "sample":
+        test = test[test["in_test_sample"]].reset_index(drop=True)
+    splits = {"test": test}
+    if ecfg.valid_examples:
+        splits["valid"] = split_examples(examples, "valid", ecfg.valid_examples, ecfg.seed)
+    return splits
+
+
+def evaluate_model(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+    """Decode every evaluation prompt greedily and score the answers against the floor.
+
+    Args:
+        cfg: run config (``cfg.evaluation``: users, sample sizes, decoding, bootstrap).
+        model_uri: a ``save_model`` directory.
+        dataset_uri, sid_uri, examples_uri: the data flow's outputs.
+
+    Returns:
+        ``outputs``: ``evaluation_uri``; ``metrics``: ``{"test": {...}, "valid": {...}}``, each as
+        :func:`components.evaluation.runner.evaluate_decoder` returns it.
+    """
+    uri = EVALUATION_STAGE.output_uri(cfg, evaluation_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
+    if (cached := cached_result(uri, "evaluation_uri", cfg.storage.work_dir)) is not None:
+        return cached
+    work_dir = cfg.storage.work_dir
+    model, tokenizer, _ = load_model(storage.fetch_dir(model_uri, work_dir))
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    catalog = load_catalog(dataset_uri, sid_uri, work_dir)
+    decode = partial(
+        generate, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=cfg.evaluation.decode_batch_size
+    )
+    report: dict[str, Any] = {}
+    for split, examples in evaluation_examples(read_examples(examples_uri, work_dir), cfg).items():
+        prompts = render_prompts(tokenizer, examples, catalog, cfg.prompts)
+        report[split] = evaluate_decoder(decode, prompts, examples, catalog, cfg.evaluation)
+    with publishing(uri, work_dir, report):
+        pass
+    return StageResult({"evaluation_uri": uri}, report)

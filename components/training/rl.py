@@ -1,0 +1,134 @@
+"""DAPO for the AR re-ranker (GR2 stage 3): rollouts, rewards and the clipped policy loss per step.
+
+Each optimizer step samples ``batch_size`` training prompts, decodes ``group_size`` rollouts of
+each with the current policy, scores them with the re-ranking reward, drops the groups whose
+rewards are all equal (dynamic sampling), and takes the DAPO loss over the rest with
+group-normalised advantages and token-level normalisation. Rollouts are drawn inside the loss
+function from the loop's per-step seeded RNG, so a resumed run samples the same rollouts.
+
+One update per rollout batch keeps the policy on-policy: the old log-probs are those recorded by
+the decoder under the same weights, the importance ratio is 1 up to float error, and clipping
+guards the update the same way it would guard a reused (stale) batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from components.config import PromptConfig, RlConfig
+from components.decoding.ar import generate
+from components.evaluation.runner import render_prompts
+from components.prompts.render import ItemCatalog
+from components.training.dapo import dapo_loss, dynamic_sampling_mask, group_advantages
+from components.training.logprobs import completion_logprobs
+from components.training.loop import LossFn
+from components.training.reward import rerank_reward
+
+
+@dataclass(frozen=True)
+class RerankPrompt:
+    """A rendered prompt with what its reward needs: the candidates' SIDs in pre-rank order and the target's."""
+
+    text: str
+    candidate_sids: list[str]
+    target_sid: str
+
+
+def rerank_prompts(
+    tokenizer: PreTrainedTokenizerBase, examples: pd.DataFrame, catalog: ItemCatalog, cfg: PromptConfig
+) -> list[RerankPrompt]:
+    """One prompt per example, chat template and generation prompt applied."""
+    texts = render_prompts(tokenizer, examples, catalog, cfg)
+    return [
+        RerankPrompt(text, catalog.sids(list(candidates)), catalog.sid(target))
+        for text, candidates, target in zip(texts, examples["candidates"], examples["target"])
+    ]
+
+
+def _padded(rows: Sequence[Sequence[float]], width: int) -> Tensor:
+    out = torch.zeros((len(rows), width))
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def dapo_loss_fn(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[RerankPrompt], cfg: RlConfig, reference: nn.Module | None = None
+) -> LossFn:
+    """The loss function for :func:`components.training.loop.train`: one DAPO update per batch.
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        prompts: the training prompts; a batch holds ``prompt_index`` rows into it.
+        cfg: group size, sampling, clipping, reward and KL settings.
+        reference: the frozen reference policy for the KL term (needed when ``cfg.kl_weight > 0``).
+
+    Returns:
+        ``loss_fn(module, batch) -> (loss, extras)``; extras: reward_mean, valid_rate,
+        copied_pre_rank_rate (valid rollouts that return the pre-rank order unchanged: GR2's
+        reward-hacking symptom), kept_group_share, mean_output_tokens and DAPO's diagnostics.
+    """
+    if cfg.kl_weight > 0 and reference is None:
+        raise ValueError("rl.kl_weight > 0 needs a reference policy")
+    group = cfg.group_size
+
+    def loss_fn(module: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor | float]]:
+        policy = getattr(module, "module", module)
+        chosen = [prompts[i] for i in batch["prompt_index"].tolist()]
+        repeated = [prompt for prompt in chosen for _ in range(group)]
+        texts = [prompt.text for prompt in repeated]
+        rollouts = generate(
+            policy, tokenizer, texts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=len(texts)
+        )
+        scored = [rerank_reward(text, p.candidate_sids, p.target_sid, cfg) for text, p in zip(rollouts.texts, repeated)]
+        rewards = torch.tensor([s.reward for s in scored]).view(len(chosen), group)  # (P, G)
+        keep = dynamic_sampling_mask(rewards)  # (P,)
+        advantages = group_advantages(rewards).flatten()  # (P*G,)
+        rows = [i for i in range(len(texts)) if keep[i // group]]
+        # No group with reward variance: no gradient this step, but a zero loss still runs the
+        # forward over every parameter, as DDP expects of each rank.
+        scale = 1.0 if rows else 0.0
+        rows = rows or [0]
+        prompt_ids = tokenizer([texts[i] for i in rows], add_special_tokens=False)["input_ids"]
+        completions = [rollouts.token_ids[i] for i in rows]
+        new_logprobs, mask = completion_logprobs(module, prompt_ids, completions, tokenizer.pad_token_id, cfg.temperature)
+        old_logprobs = _padded([rollouts.logprobs[i] for i in rows], new_logprobs.shape[1]).to(new_logprobs.device)
+        ref_logprobs = None
+        if reference is not None and cfg.kl_weight > 0:
+            with torch.no_grad():
+                ref_logprobs, _ = completion_logprobs(reference.to(new_logprobs.device), prompt_ids, completions, tokenizer.pad_token_id, cfg.temperature)
+        loss, stats = dapo_loss(
+            new_logprobs,
+            old_logprobs,
+            advantages[rows].to(new_logprobs.device),
+            mask,
+            cfg.clip_low,
+            cfg.clip_high,
+            ref_logprobs=ref_logprobs,
+            kl_weight=cfg.kl_weight,
+        )
+        extras: dict[str, Tensor | float] = {
+            "reward_mean": float(rewards.mean()),
+            "valid_rate": sum(s.valid for s in scored) / len(scored),
+            "copied_pre_rank_rate": sum(s.copied_pre_rank for s in scored) / len(scored),
+            "kept_group_share": float(keep.float().mean()),
+            "mean_output_tokens": rollouts.output_tokens / len(texts),
+            **stats,
+        }
+        return loss * scale, extras
+
+    return loss_fn
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for reference log-probs: eval mode, no gradients."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference

@@ -1,0 +1,295 @@
+"""The AR teacher's training stages (GR2): SID mid-training -> SFT -> DAPO RL.
+
+Each stage reads a model directory, trains it with the shared loop and publishes the result as a
+new model directory (``save_model`` layout plus ``metrics.json`` and ``history.json``, the logged
+metrics per step). Checkpoints live under ``<work_dir>/checkpoints/<stage>/<output key>``: a run
+killed mid-stage and started again with the same inputs resumes from the last one; they are
+removed once the model is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components import storage
+from components.candidates.examples import read_examples, split_examples
+from components.config import Config, TrainingConfig
+from components.evaluation.stage import evaluate_model
+from components.modeling.build import build_base_model
+from components.data.ingest import load_dataset
+from components.modeling.factory import load_model, save_model
+from components.prompts.render import render_messages
+from components.semantic_ids.build import load_catalog
+from components.stage import StageResult, StageSpec, cached_result, publishing
+from components.traces.analyst import training_interactions
+from components.traces.build import build_traces, read_traces
+from components.training.loop import LossFn, TrainResult, batch_indices, train
+from components.training.midtrain import caption_examples, encode_pairs, next_item_examples
+from components.training.rl import dapo_loss_fn, frozen_copy, rerank_prompts
+from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
+
+_TRAINING_CODE = ("components/training", "components/modeling", "components/prompts", "components/decoding")
+MIDTRAIN_STAGE = StageSpec("midtrain", ("midtrain", "training", "candidates"), _TRAINING_CODE)
+SFT_STAGE = StageSpec("sft", ("sft", "training", "prompts", "model"), _TRAINING_CODE)
+RL_STAGE = StageSpec("rl", ("rl", "training", "prompts"), _TRAINING_CODE)
+
+
+def training_inputs(model_uri: str, dataset_uri: str, sid_uri: str, data_uri: str) -> dict[str, str]:
+    """A training stage's inputs: the model it starts from, the catalog, and its training data."""
+    return {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "data": data_uri}
+
+
+
+def _is_master() -> bool:
+    # Under torchrun every rank trains, only rank 0 publishes.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_and_publish(
+    cfg: Config,
+    spec: StageSpec,
+    uri: str,
+    model_uri: str,
+    build: Any,
+    training: TrainingConfig,
+    metrics: dict[str, Any],
+) -> StageResult:
+    """Load the start model, let ``build(model, tokenizer)`` give (batches, loss_fn), train, publish.
+
+    ``build`` may add its own counts to ``metrics``. Returns the stage result with ``model_uri``.
+    """
+    work_dir = cfg.storage.work_dir
+    model, tokenizer, parent_meta = load_model(storage.fetch_dir(model_uri, work_dir))
+    batches, loss_fn = build(model, tokenizer)
+    checkpoints = Path(work_dir) / "checkpoints" / spec.name / uri.rstrip("/").rsplit("/", 1)[-1]
+    history: list[dict[str, float]] = []
+    result: TrainResult = train(
+        model.train(),
+        batches,
+        loss_fn,
+        training,
+        checkpoints,
+        on_metrics=lambda step, values: history.append({"step": step, **values}),
+        metadata={"stage": spec.name, "output_uri": uri, "parent_model_uri": model_uri},
+    )
+    metrics |= {
+        "final_loss": result.final_loss,
+        "steps": result.steps,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "wall_time_s": round(result.wall_time_s, 1),
+        "resumed_from_step": result.resumed_from_step,
+        "last_logged": history[-1] if history else {},
+    }
+    if _is_master():
+        with publishing(uri, work_dir, metrics) as out:
+            save_model(model.cpu(), tokenizer, out, parent_meta | {"stage": spec.name, "parent_model_uri": model_uri})
+            (out / "history.json").write_text(json.dumps(history))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return StageResult({"model_uri": uri}, metrics)
+
+
+def _encoded_batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int, pad_id: int) -> Any:
+    def batches(index: int) -> dict[str, Any]:
+        return collate([encoded[i] for i in batch_indices(len(encoded), batch_size, index, seed).tolist()], pad_id)
+
+    return batches
+
+
+def _weighted_lm(encoded: list[EncodedExample], training: TrainingConfig, tokenizer: Any) -> tuple[Any, LossFn]:
+    if not encoded:
+        raise ValueError("no training examples fit model.max_length")
+    return _encoded_batches(encoded, training.batch_size, training.seed, tokenizer.pad_token_id), weighted_lm_loss
+
+
+def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str) -> StageResult:
+    """GR2 stage 1: next-item SID prediction over training histories and SID <-> text captioning.
+
+    Args:
+        cfg: run config (``cfg.midtrain`` over ``cfg.training``).
+        model_uri: the base model.
+        dataset_uri, sid_uri: the dataset version and its SIDs.
+
+    Returns:
+        ``outputs``: ``model_uri``; ``metrics``: example counts, final loss, tokens/s, wall time.
+    """
+    uri = MIDTRAIN_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, dataset_uri))
+    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
+        return cached
+    training = cfg.midtrain.training(cfg.training)
+    metrics: dict[str, Any] = {}
+
+    def build(_model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+        # Only training positions: the valid and test targets must stay unseen.
+        train_rows = training_interactions(load_dataset(dataset_uri, cfg.storage.work_dir).interactions)
+        ordered = train_rows.sort_values(["user_id", "position"], kind="stable")
+        sequences = ordered.groupby("user_id", sort=False)["item_id"].agg(list).tolist()
+        next_items = next_item_examples(sequences, catalog, cfg.candidates.history_max)
+        limit = cfg.midtrain.max_next_item_examples
+        if 0 < limit < len(next_items):
+            keep = pd.Series(range(len(next_items))).sample(n=limit, random_state=training.seed).sort_values()
+            next_items = [next_items[i] for i in keep]
+        captions = caption_examples(catalog, catalog.item_ids, reverse=cfg.midtrain.caption_reverse)
+        metrics.update(next_item_examples=len(next_items), caption_examples=len(captions))
+        return _weighted_lm(encode_pairs(tokenizer, next_items + captions, cfg.model.max_length), training, tokenizer)
+
+    return _train_and_publish(cfg, MIDTRAIN_STAGE, uri, model_uri, build, training, metrics)
+
+
+def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_uri: str) -> StageResult:
+    """GR2 stage 2: SFT on the accepted traces, reasoning tokens weighted lambda_r, the rest lambda_o.
+
+    Args:
+        cfg: run config (``cfg.sft`` over ``cfg.training``).
+        model_uri: the mid-trained (or base) model.
+        dataset_uri, sid_uri: the dataset version and its SIDs.
+        traces_uri: the traces stage's output.
+
+    Returns:
+        ``outputs``: ``model_uri``; ``metrics``: examples used and dropped as too long, final loss,
+        tokens/s, wall time.
+    """
+    uri = SFT_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri))
+    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
+        return cached
+    training = cfg.sft.training(cfg.training)
+    metrics: dict[str, Any] = {}
+
+    def build(_model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+        traces = read_traces(traces_uri, cfg.storage.work_dir)
+        encoded, too_long = [], 0
+        for row in traces.itertuples(index=False):
+            messages = render_messages(list(row.history), list(row.candidates), catalog, cfg.prompts)
+            try:
+                encoded.append(
+                    encode_sft_example(tokenizer, messages, row.reasoning, catalog.sids(list(row.ranking)), cfg.sft, cfg.model.max_length)
+                )
+            except ValueError:
+                too_long += 1
+        metrics.update(examples=len(encoded), dropped_too_long=too_long)
+        return _weighted_lm(encoded, training, tokenizer)
+
+    return _train_and_publish(cfg, SFT_STAGE, uri, model_uri, build, training, metrics)
+
+
+def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+    """GR2 stage 3: DAPO on training prompts with the conditional re-ranking reward.
+
+    ``batch_size`` counts prompts here; each brings ``rl.group_size`` rollouts.
+
+    Args:
+        cfg: run config (``cfg.rl`` over ``cfg.training``).
+        model_uri: the SFT model.
+        dataset_uri, sid_uri, examples_uri: the data flow's outputs.
+
+    Returns:
+        ``outputs``: ``model_uri``; ``metrics``: prompts, final loss and the last logged reward,
+        valid rate, copied-pre-rank rate and kept-group share.
+    """
+    uri = RL_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
+    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
+        return cached
+    training = cfg.rl.training(cfg.training)
+    metrics: dict[str, Any] = {}
+
+    def build(model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+        examples = split_examples(read_examples(examples_uri, cfg.storage.work_dir), "train", cfg.rl.max_prompts, training.seed)
+        prompts = rerank_prompts(tokenizer, examples, catalog, cfg.prompts)
+        metrics.update(prompts=len(prompts))
+        reference = frozen_copy(model) if cfg.rl.kl_weight > 0 else None
+
+        def batches(index: int) -> dict[str, Any]:
+            return {"prompt_index": batch_indices(len(prompts), training.batch_size, index, training.seed)}
+
+        return batches, dapo_loss_fn(tokenizer, prompts, cfg.rl, reference)
+
+    return _train_and_publish(cfg, RL_STAGE, uri, model_uri, build, training, metrics)
+
+
+# The teacher's stages by name; a StageRunner runs one of them on the config and input URIs.
+TEACHER_STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
+    "traces": build_traces,
+    "base_model": build_base_model,
+    "midtrain": run_midtrain,
+    "sft": run_sft,
+    "rl": run_rl,
+    "evaluate": evaluate_model,
+}
+# (label, stage name, *input URIs) -> the stage's ``StageResult.to_dict()`` plus ``seconds``.
+StageRunner = Callable[..., dict[str, Any]]
+
+# What the summary's stage table shows of each stage's metrics.
+_FACTS = {
+    "traces": ("acceptance_rate", "dropped", "mean_trace_length"),
+    "base_model": ("parameters", "vocab_size"),
+    "midtrain": ("final_loss", "steps", "tokens_per_s"),
+    "sft": ("examples", "final_loss", "steps", "tokens_per_s"),
+    "rl": ("prompts", "steps", "tokens_per_s"),
+}
+
+
+def direct_runner(cfg: Config) -> StageRunner:
+    """Run each stage in this process, timed (the orchestrator's runner adds caching and retries)."""
+
+    def run(_label: str, stage: str, *inputs: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = TEACHER_STAGE_FUNCTIONS[stage](cfg, *inputs).to_dict()
+        return result | {"seconds": round(time.perf_counter() - started, 2)}
+
+    return run
+
+
+def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, run: StageRunner) -> dict[str, Any]:
+    """The AR teacher's stage sequence: traces -> base model -> mid-training -> SFT -> RL, then evaluation.
+
+    The SFT and RL models are both evaluated, so the summary shows what RL adds.
+
+    Args:
+        cfg: run config (``midtrain.enabled`` and ``rl.enabled`` skip those stages).
+        dataset_uri, sid_uri, examples_uri: the data flow's outputs.
+        run: runs one stage (:func:`direct_runner`, or the Prefect flow's cached tasks).
+
+    Returns:
+        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report), ``stages``
+        (seconds, cached and headline facts per stage) and ``stage_metrics`` (all of them).
+    """
+    stages: dict[str, dict[str, Any]] = {}
+    stages["traces"] = run("traces", "traces", dataset_uri, sid_uri, examples_uri)
+    traces_uri = stages["traces"]["outputs"]["traces_uri"]
+    stages["base_model"] = run("base_model", "base_model", dataset_uri, sid_uri, examples_uri, traces_uri)
+    model_uri = stages["base_model"]["outputs"]["model_uri"]
+    if cfg.midtrain.enabled:
+        stages["midtrain"] = run("midtrain", "midtrain", model_uri, dataset_uri, sid_uri)
+        model_uri = stages["midtrain"]["outputs"]["model_uri"]
+    stages["sft"] = run("sft", "sft", model_uri, dataset_uri, sid_uri, traces_uri)
+    models = {"SFT": stages["sft"]["outputs"]["model_uri"]}
+    if cfg.rl.enabled:
+        stages["rl"] = run("rl", "rl", models["SFT"], dataset_uri, sid_uri, examples_uri)
+        models["SFT+RL"] = stages["rl"]["outputs"]["model_uri"]
+    evaluations = {}
+    for name, uri in models.items():
+        stages[f"evaluate {name}"] = run(f"evaluate {name}", "evaluate", uri, dataset_uri, sid_uri, examples_uri)
+        evaluations[name] = stages[f"evaluate {name}"]["metrics"]
+    return {
+        "models": models,
+        "evaluations": evaluations,
+        "stages": {
+            name: {
+                "seconds": stage["seconds"],
+                "cached": bool(stage.get("cached")),
+                "facts": {k: stage["metrics"][k] for k in _FACTS.get(name, ()) if k in stage["metrics"]},
+            }
+            for name, stage in stages.items()
+        },
+        "stage_metrics": {name: stage["metrics"] for name, stage in stages.items() if not name.startswith("evaluate")},
+    }
