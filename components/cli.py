@@ -6,6 +6,7 @@ overrides, shows progress on stderr, and with ``--json`` prints exactly one JSON
 
     dgr2 data --config configs/tiny.yaml
     dgr2 data --set candidates.negatives=popularity --json
+    dgr2 train-teacher --config configs/tiny.yaml
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ def data(config: ConfigOption = None, overrides: SetOption = None, as_json: Json
         return data_flow(cfg.model_dump(mode="json"))
 
     _run_command(config, overrides, as_json, body, data_summary_markdown)
+
+
+@app.command("train-teacher")
+def train_teacher(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """Train the AR teacher (traces, mid-training, SFT, RL) on the data flow's output and evaluate it."""
+    from components.reporting import teacher_summary_markdown
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from flows.teacher import teacher_flow
+
+        return teacher_flow(cfg.model_dump(mode="json"))
+
+    _run_command(config, overrides, as_json, body, teacher_summary_markdown)
 
 
 if __name__ == "__main__":

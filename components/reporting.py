@@ -52,3 +52,53 @@ def data_summary_markdown(summary: dict[str, Any]) -> str:
         f"Total: {summary['seconds']} s",
     ]
     return "\n".join(lines)
+
+
+def _extra_cell(stat: dict[str, Any] | None, key: str) -> str:
+    if stat is None or key not in stat:
+        return "-"
+    return f"{stat[key]:.2%}" if key.endswith("rate") else f"{stat[key]:,.1f}"
+
+
+def model_comparison_table(slices: dict[str, dict[str, Any]], decode: dict[str, dict[str, Any] | None]) -> str:
+    """Models side by side on one slice: the metrics with CIs, then valid and copy rates and decode cost.
+
+    Args:
+        slices: column name -> a scored slice (``evaluate_decoder``'s ``all``/``test_sample`` or a floor).
+        decode: column name -> ``evaluate_decoder``'s ``decode`` block, None for the floor.
+    """
+    table = metrics_table(slices)
+    names = list(slices)
+    rows = [
+        ("valid rate", lambda n: _extra_cell(slices[n], "valid_rate") if decode.get(n) else "-"),
+        ("copied pre-rank order", lambda n: _extra_cell(slices[n], "copied_pre_rank_rate")),
+        ("mean output tokens", lambda n: _extra_cell(decode.get(n), "mean_output_tokens")),
+        ("decode tokens/s", lambda n: _extra_cell(decode.get(n), "decode_tokens_per_s")),
+    ]
+    return "\n".join([table, *(f"| {label} | " + " | ".join(cell(n) for n in names) + " |" for label, cell in rows)])
+
+
+def teacher_summary_markdown(summary: dict[str, Any]) -> str:
+    """The AR teacher's summary: floor vs SFT vs RL on every evaluated slice, then stage facts."""
+    evaluations = summary["evaluations"]
+    lines = [f"# AR teacher (GR2): dataset version `{summary['dataset_version']}`", ""]
+    first = next(iter(evaluations.values()))
+    slices = [(split, part) for split, report in first.items() for part in ("all", "test_sample") if part in report]
+    for split, part in slices:
+        label = {"all": "all users", "test_sample": "the fixed test sample"}[part]
+        columns = {"floor": first[split][part]["floor"]} | {name: report[split][part] for name, report in evaluations.items()}
+        decode = {"floor": None} | {name: report[split]["decode"] for name, report in evaluations.items()}
+        lines += [f"## {split}, {label} (mean ± half-width of the 95% bootstrap CI)", "", model_comparison_table(columns, decode), ""]
+        for name, report in evaluations.items():
+            diff = report[split][part]["vs_floor"]
+            lines.append(
+                f"- {name} - floor: "
+                + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items())
+            )
+        lines.append("")
+    lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]
+    for name, stage in summary["stages"].items():
+        facts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stage["facts"].items())
+        lines.append(f"| {name} | {stage['seconds']} | {stage['cached']} | {facts} |")
+    lines += ["", f"Total: {summary['seconds']} s"]
+    return "\n".join(lines)

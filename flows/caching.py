@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any, Callable
 
 from components import storage
+from components.storage import StorageError
 from components.config import Config
 from components.stage import StageSpec, code_version
 
@@ -53,3 +55,24 @@ def check_cache_key(sections: tuple[str, ...], code: tuple[str, ...], input_name
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     return key
+
+
+def io_error(_task: Any, _run: Any, state: Any) -> bool:
+    """A ``retry_condition_fn``: retry only storage and network failures; bad data or a bug fails at once."""
+    try:
+        state.result()
+    except (StorageError, OSError):
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is not transient
+        return False
+    return False
+
+
+def run_stage(stage_task: Any, *args: Any) -> dict[str, Any]:
+    """Run a stage task; record its wall time in this run and whether Prefect replayed it from cache."""
+    started = time.perf_counter()
+    state = stage_task(*args, return_state=True)
+    result = dict(state.result())
+    result["cached"] = bool(result.get("cached")) or state.name == "Cached"
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result

@@ -21,34 +21,12 @@ from components.candidates.examples import EXAMPLES_STAGE, build_examples, examp
 from components.config import Config
 from components.data.ingest import ingest
 from components.semantic_ids.build import SEMANTIC_IDS_STAGE, build_semantic_ids
-from components.storage import StorageError
 from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs, features_ready
-from flows.caching import check_cache_key, output_cache_key
+from flows.caching import check_cache_key, io_error, output_cache_key, run_stage
 from components.reporting import data_summary_markdown
 
 
-def _io_error(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry only storage and network failures; bad data or a bug fails at once."""
-    try:
-        state.result()
-    except (StorageError, OSError):
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is not transient
-        return False
-    return False
-
-
-def _run(stage_task: Any, *args: Any) -> dict[str, Any]:
-    """Run a task; record its wall time in this run and whether Prefect replayed it from cache."""
-    started = time.perf_counter()
-    state = stage_task(*args, return_state=True)
-    result = dict(state.result())
-    result["cached"] = bool(result.get("cached")) or state.name == "Cached"
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
-
-
-@task(name="ingest", retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=_io_error)
+@task(name="ingest", retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=io_error)
 def ingest_task(cfg: dict[str, Any]) -> dict[str, Any]:
     return ingest(Config.model_validate(cfg)).to_dict()
 
@@ -111,20 +89,20 @@ def data_flow(cfg: dict[str, Any]) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     stages: dict[str, dict[str, Any]] = {}
-    stages["ingest"] = _run(ingest_task, cfg)
+    stages["ingest"] = run_stage(ingest_task, cfg)
     dataset_uri = stages["ingest"]["outputs"]["dataset_uri"]
     logger.info("dataset version %s", stages["ingest"]["outputs"]["dataset_version"])
-    stages["validate_dataset"] = _run(validate_dataset_task, cfg, dataset_uri)
-    stages["semantic_ids"] = _run(semantic_ids_task, cfg, dataset_uri)
+    stages["validate_dataset"] = run_stage(validate_dataset_task, cfg, dataset_uri)
+    stages["semantic_ids"] = run_stage(semantic_ids_task, cfg, dataset_uri)
     sid_uri = stages["semantic_ids"]["outputs"]["sid_uri"]
     feature_store_dir = None
     if cfg["features"]["enabled"]:
-        stages["features"] = _run(features_task, cfg, dataset_uri, sid_uri)
+        stages["features"] = run_stage(features_task, cfg, dataset_uri, sid_uri)
         feature_store_dir = stages["features"]["outputs"]["feature_store_dir"]
-    stages["candidates"] = _run(candidates_task, cfg, dataset_uri)
+    stages["candidates"] = run_stage(candidates_task, cfg, dataset_uri)
     candidates_uri = stages["candidates"]["outputs"]["candidates_uri"]
-    stages["examples"] = _run(examples_task, cfg, dataset_uri, sid_uri, candidates_uri, feature_store_dir)
-    stages["validate_examples"] = _run(validate_examples_task, cfg, stages["examples"]["outputs"]["examples_uri"], dataset_uri)
+    stages["examples"] = run_stage(examples_task, cfg, dataset_uri, sid_uri, candidates_uri, feature_store_dir)
+    stages["validate_examples"] = run_stage(validate_examples_task, cfg, stages["examples"]["outputs"]["examples_uri"], dataset_uri)
 
     summary = {
         "dataset_version": stages["ingest"]["outputs"]["dataset_version"],

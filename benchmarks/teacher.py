@@ -1,0 +1,83 @@
+"""The AR teacher's table (floor, SFT, SFT+RL) and training throughput for one profile.
+
+    python benchmarks/teacher.py --config configs/tiny.yaml [--set section.key=value ...]
+
+Runs ``dgr2 train-teacher --json`` as a user would (the data flow's outputs are reused when
+cached; its time is not the teacher's) and writes ``benchmarks/results/teacher_<profile>.md``: the
+command, machine and date, the teacher stages' wall time against the 10-minute tiny-profile
+target, each training stage's steps and tokens/s, and the comparison tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from components.reporting import teacher_summary_markdown  # noqa: E402
+
+TRAINING_STAGES = ("midtrain", "sft", "rl")
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    command = [sys.executable, "-m", "components.cli", "train-teacher", "--config", args.config, "--json"]
+    command += [arg for item in args.overrides for arg in ("--set", item)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    wall_s = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"dgr2 train-teacher failed:\n{result.stderr[-4000:]}")
+    summary = json.loads(result.stdout)
+
+    teacher_s = sum(stage["seconds"] for stage in summary["stages"].values())
+    profile = Path(args.config).stem
+    shown = " ".join(["python benchmarks/teacher.py --config", args.config, *(f"--set {item}" for item in args.overrides)])
+    lines = [
+        f"# AR teacher, profile `{profile}`",
+        "",
+        f"- command: `{shown}`",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d')}; device: {_device()}; Python {platform.python_version()}",
+        f"- teacher stages (traces to evaluation, data flow excluded): {teacher_s:.0f} s; whole command {wall_s:.0f} s",
+        "",
+        "## Training throughput",
+        "",
+        "| stage | steps | examples per step | tokens/s (loss tokens) | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for name in TRAINING_STAGES:
+        metrics = summary["stage_metrics"].get(name)
+        if metrics:
+            per_step = "prompts x group" if name == "rl" else "sequences"
+            lines.append(f"| {name} | {metrics['steps']} | {per_step} | {metrics['tokens_per_s']:,.0f} | {metrics['wall_time_s']:.0f} |")
+    lines += ["", teacher_summary_markdown(summary).replace("# AR teacher", "## AR teacher", 1), ""]
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"teacher_{profile}.md"
+    out.write_text("\n".join(lines))
+    (args.results / f"teacher_{profile}.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"teacher stages {teacher_s:.0f} s -> {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()
