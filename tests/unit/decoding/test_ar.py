@@ -65,6 +65,16 @@ def _hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int, stops: list[i
     return row[:end]
 
 
+def _early_stop(free: list[list[int]]) -> int:
+    """A stop token that one sequence emits early and another never emits, given stop-free rows."""
+    return next(
+        token
+        for row in free
+        for token in row[1 : MAX_NEW // 2]
+        if any(token not in other for other in free)
+    )
+
+
 def test_prompts_have_different_lengths(tokenizer, prompts):
     assert len({len(_ids(tokenizer, p)) for p in prompts}) == len(prompts)
 
@@ -101,13 +111,7 @@ def test_batch_size_splits_without_changing_results(model, tokenizer, prompts):
 def test_each_sequence_stops_at_its_own_stop_token(model, tokenizer, prompts):
     free = generate(model, tokenizer, prompts, MAX_NEW, stop_token_ids=[]).token_ids
     assert all(len(row) == MAX_NEW for row in free)
-    # A stop token that one sequence emits early and another never emits.
-    stop = next(
-        token
-        for row in free
-        for token in row[1 : MAX_NEW // 2]
-        if any(token not in other for other in free)
-    )
+    stop = _early_stop(free)
     stopped = generate(model, tokenizer, prompts, MAX_NEW, stop_token_ids=[stop])
     for row, free_row in zip(stopped.token_ids, free, strict=True):
         end = free_row.index(stop) + 1 if stop in free_row else MAX_NEW
@@ -172,10 +176,41 @@ def test_model_mode_is_restored(model, tokenizer, prompts):
         model.eval()
 
 
-@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"max_new_tokens": 2, "top_p": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 2, "top_p": 0.0},
+        # A compiled step needs fixed shapes, which a growing cache does not have.
+        {"max_new_tokens": 2, "static_cache": False, "compile": True},
+    ],
+)
 def test_bad_arguments_raise(model, tokenizer, prompts, kwargs):
     with pytest.raises(ValueError):
         generate(model, tokenizer, prompts, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "early_stop"),
+    [
+        ({"stop_token_ids": []}, False),
+        ({"temperature": 1.0, "top_p": 0.9, "seed": 3}, False),
+        ({"stop_token_ids": [], "batch_size": 2}, False),
+        ({}, True),
+    ],
+)
+def test_static_cache_gives_the_dynamic_cache_results(model, tokenizer, prompts, kwargs, early_stop):
+    # CUDA decodes with a static cache by default; forcing it here checks that path on CPU.
+    if early_stop:
+        # One row stops early and the rest decode on: the finished row is fed pads meanwhile.
+        free = generate(model, tokenizer, prompts, MAX_NEW, stop_token_ids=[]).token_ids
+        kwargs = {"stop_token_ids": [_early_stop(free)]}
+    dynamic = generate(model, tokenizer, prompts, MAX_NEW, static_cache=False, **kwargs)
+    static = generate(model, tokenizer, prompts, MAX_NEW, static_cache=True, **kwargs)
+    assert static.token_ids == dynamic.token_ids
+    assert static.forward_passes == dynamic.forward_passes
+    for static_row, dynamic_row in zip(static.logprobs, dynamic.logprobs, strict=True):
+        torch.testing.assert_close(torch.tensor(static_row), torch.tensor(dynamic_row), atol=1e-5, rtol=0)
 
 
 def test_older_cache_argument_name_gives_the_same_tokens(model, tokenizer, prompts, monkeypatch):
