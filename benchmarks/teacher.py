@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", help="results file suffix; default: the profile name")
     args = parser.parse_args()
     command = [sys.executable, "-m", "components.cli", "train-teacher", "--config", args.config, "--json"]
     command += [arg for item in args.overrides for arg in ("--set", item)]
@@ -52,10 +53,10 @@ def main() -> None:
     summary = json.loads(result.stdout)
 
     teacher_s = sum(stage["seconds"] for stage in summary["stages"].values())
-    profile = Path(args.config).stem
+    profile = args.name or Path(args.config).stem
     shown = " ".join(["python benchmarks/teacher.py --config", args.config, *(f"--set {item}" for item in args.overrides)])
     lines = [
-        f"# AR teacher, profile `{profile}`",
+        f"# AR teacher, `{profile}`",
         "",
         f"- command: `{shown}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d')}; device: {_device()}; Python {platform.python_version()}",

@@ -181,6 +181,11 @@ class MidtrainConfig(StageTrainingConfig):
     max_next_item_examples: int = Field(0, ge=0)
     # Also train text -> SID, the reverse captioning direction.
     caption_reverse: bool = True
+    # Caption pairs drawn (seeded); 0 keeps all of them.
+    max_caption_examples: int = Field(0, ge=0)
+    # Candidate-recall pairs (a candidate block -> its SIDs as a JSON list), from training
+    # examples' candidate lists; 0 turns the task off. See components/training/midtrain.py.
+    candidate_recall_examples: int = Field(20000, ge=0)
 
 
 class SftConfig(StageTrainingConfig):

@@ -56,9 +56,9 @@ def base_model_task(cfg: dict[str, Any], dataset_uri: str, sid_uri: str, example
     return build_base_model(Config.model_validate(cfg), dataset_uri, sid_uri, examples_uri, traces_uri).to_dict()
 
 
-@task(name="midtrain", cache_key_fn=_training_key(MIDTRAIN_STAGE, "dataset_uri"), persist_result=True)
-def midtrain_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str) -> dict[str, Any]:
-    return run_midtrain(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri).to_dict()
+@task(name="midtrain", cache_key_fn=_training_key(MIDTRAIN_STAGE, "examples_uri"), persist_result=True)
+def midtrain_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
+    return run_midtrain(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri).to_dict()
 
 
 @task(name="sft", cache_key_fn=_training_key(SFT_STAGE, "traces_uri"), persist_result=True)

@@ -4,7 +4,13 @@ Two of the item-alignment tasks (paper.md section 3), as plain (prompt, target) 
 loss on the target only:
 
 * sequential preference modeling: the SIDs of a purchase history -> the SID bought next;
-* itemic dense captioning: a SID -> its category path and title (and, optionally, back).
+* itemic dense captioning: a SID -> its category path and title (and, optionally, back);
+
+plus candidate recall: a candidate block as the re-ranking prompt shows it -> the same SIDs as a
+JSON list. An answer is valid only if it lists exactly the candidates' SIDs, and a model trained
+from scratch learns to copy multi-token SIDs out of its prompt only after a long plateau (on the
+tiny preset, about 400 steps of this short task versus no progress in 250 steps of full SFT
+examples); a pretrained LLM brings that skill, a built-from-scratch one gets it here.
 
 They are encoded and collated with the SFT machinery (``components.training.sft``), every target
 token weighted 1, and trained with ``weighted_lm_loss``.
@@ -12,6 +18,7 @@ token weighted 1, and trained with ``weighted_lm_loss``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -73,6 +80,25 @@ def caption_examples(catalog: ItemCatalog, item_ids: Iterable[str], reverse: boo
     pairs = [TextPair(f"Item {sid}\nDescription:\n", text) for sid, text in described]
     if reverse:
         pairs += [TextPair(f"Description: {text}\nItem:\n", sid) for sid, text in described]
+    return pairs
+
+
+def candidate_recall_examples(candidate_lists: Iterable[Sequence[str]], catalog: ItemCatalog) -> list[TextPair]:
+    """Candidate block -> its SIDs in the same order, written as the answer's JSON list.
+
+    Args:
+        candidate_lists: item ids of each candidate list (training examples' lists: the task shows
+            no target and no order but the one in the prompt).
+        catalog: SIDs and leaf categories.
+
+    Returns:
+        ``"Candidates:\n<sid> <leaf category>\n...\nAs a list:\n"`` -> ``'["<sid>",...]'`` pairs.
+    """
+    pairs = []
+    for candidates in candidate_lists:
+        sids = catalog.sids(list(candidates))
+        lines = [f"{sid} {catalog.item(item).leaf_category or ''}".rstrip() for sid, item in zip(sids, candidates)]
+        pairs.append(TextPair("Candidates:\n" + "\n".join(lines) + "\nAs a list:\n", json.dumps(sids, separators=(",", ":"))))
     return pairs
 
 

@@ -84,8 +84,17 @@ def dapo_loss_fn(
         chosen = [prompts[i] for i in batch["prompt_index"].tolist()]
         repeated = [prompt for prompt in chosen for _ in range(group)]
         texts = [prompt.text for prompt in repeated]
+        # No compiled decode steps: every rollout batch has new prompt lengths, so a compiled graph
+        # would be rebuilt each step instead of reused.
         rollouts = generate(
-            policy, tokenizer, texts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=len(texts)
+            policy,
+            tokenizer,
+            texts,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=len(texts),
+            compile=False,
         )
         scored = [rerank_reward(text, p.candidate_sids, p.target_sid, cfg) for text, p in zip(rollouts.texts, repeated)]
         rewards = torch.tensor([s.reward for s in scored]).view(len(chosen), group)  # (P, G)

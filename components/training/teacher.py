@@ -32,12 +32,12 @@ from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.analyst import training_interactions
 from components.traces.build import build_traces, read_traces
 from components.training.loop import LossFn, TrainResult, batch_indices, train
-from components.training.midtrain import caption_examples, encode_pairs, next_item_examples
+from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
 from components.training.rl import dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
 
 _TRAINING_CODE = ("components/training", "components/modeling", "components/prompts", "components/decoding")
-MIDTRAIN_STAGE = StageSpec("midtrain", ("midtrain", "training", "candidates"), _TRAINING_CODE)
+MIDTRAIN_STAGE = StageSpec("midtrain", ("midtrain", "training", "candidates", "model"), _TRAINING_CODE)
 SFT_STAGE = StageSpec("sft", ("sft", "training", "prompts", "model"), _TRAINING_CODE)
 RL_STAGE = StageSpec("rl", ("rl", "training", "prompts"), _TRAINING_CODE)
 
@@ -109,37 +109,49 @@ def _weighted_lm(encoded: list[EncodedExample], training: TrainingConfig, tokeni
     return _encoded_batches(encoded, training.batch_size, training.seed, tokenizer.pad_token_id), weighted_lm_loss
 
 
-def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str) -> StageResult:
-    """GR2 stage 1: next-item SID prediction over training histories and SID <-> text captioning.
+def _sample(pairs: list[Any], limit: int, seed: int) -> list[Any]:
+    """A seeded sample of ``limit`` pairs in their original order; 0 keeps all."""
+    if not 0 < limit < len(pairs):
+        return pairs
+    keep = pd.Series(range(len(pairs))).sample(n=limit, random_state=seed).sort_values()
+    return [pairs[i] for i in keep]
+
+
+def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+    """GR2 stage 1: next-item SID prediction, SID <-> text captioning and candidate recall.
 
     Args:
         cfg: run config (``cfg.midtrain`` over ``cfg.training``).
         model_uri: the base model.
-        dataset_uri, sid_uri: the dataset version and its SIDs.
+        dataset_uri, sid_uri, examples_uri: the dataset version, its SIDs and the examples (whose
+            training candidate lists feed candidate recall).
 
     Returns:
         ``outputs``: ``model_uri``; ``metrics``: example counts, final loss, tokens/s, wall time.
     """
-    uri = MIDTRAIN_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, dataset_uri))
+    uri = MIDTRAIN_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
     if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
         return cached
     training = cfg.midtrain.training(cfg.training)
+    mcfg = cfg.midtrain
     metrics: dict[str, Any] = {}
 
     def build(_model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
-        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+        work_dir = cfg.storage.work_dir
+        catalog = load_catalog(dataset_uri, sid_uri, work_dir)
         # Only training positions: the valid and test targets must stay unseen.
-        train_rows = training_interactions(load_dataset(dataset_uri, cfg.storage.work_dir).interactions)
+        train_rows = training_interactions(load_dataset(dataset_uri, work_dir).interactions)
         ordered = train_rows.sort_values(["user_id", "position"], kind="stable")
         sequences = ordered.groupby("user_id", sort=False)["item_id"].agg(list).tolist()
-        next_items = next_item_examples(sequences, catalog, cfg.candidates.history_max)
-        limit = cfg.midtrain.max_next_item_examples
-        if 0 < limit < len(next_items):
-            keep = pd.Series(range(len(next_items))).sample(n=limit, random_state=training.seed).sort_values()
-            next_items = [next_items[i] for i in keep]
-        captions = caption_examples(catalog, catalog.item_ids, reverse=cfg.midtrain.caption_reverse)
-        metrics.update(next_item_examples=len(next_items), caption_examples=len(captions))
-        return _weighted_lm(encode_pairs(tokenizer, next_items + captions, cfg.model.max_length), training, tokenizer)
+        next_items = _sample(next_item_examples(sequences, catalog, cfg.candidates.history_max), mcfg.max_next_item_examples, training.seed)
+        captions = _sample(caption_examples(catalog, catalog.item_ids, reverse=mcfg.caption_reverse), mcfg.max_caption_examples, training.seed)
+        recall = []
+        if mcfg.candidate_recall_examples:
+            lists = split_examples(read_examples(examples_uri, work_dir), "train", mcfg.candidate_recall_examples, training.seed)
+            recall = candidate_recall_examples(lists["candidates"], catalog)
+        metrics.update(next_item_examples=len(next_items), caption_examples=len(captions), candidate_recall_examples=len(recall))
+        pairs = next_items + captions + recall
+        return _weighted_lm(encode_pairs(tokenizer, pairs, cfg.model.max_length), training, tokenizer)
 
     return _train_and_publish(cfg, MIDTRAIN_STAGE, uri, model_uri, build, training, metrics)
 
@@ -232,7 +244,7 @@ StageRunner = Callable[..., dict[str, Any]]
 _FACTS = {
     "traces": ("acceptance_rate", "dropped", "mean_trace_length"),
     "base_model": ("parameters", "vocab_size"),
-    "midtrain": ("final_loss", "steps", "tokens_per_s"),
+    "midtrain": ("candidate_recall_examples", "final_loss", "steps", "tokens_per_s"),
     "sft": ("examples", "final_loss", "steps", "tokens_per_s"),
     "rl": ("prompts", "steps", "tokens_per_s"),
 }
@@ -269,7 +281,7 @@ def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, 
     stages["base_model"] = run("base_model", "base_model", dataset_uri, sid_uri, examples_uri, traces_uri)
     model_uri = stages["base_model"]["outputs"]["model_uri"]
     if cfg.midtrain.enabled:
-        stages["midtrain"] = run("midtrain", "midtrain", model_uri, dataset_uri, sid_uri)
+        stages["midtrain"] = run("midtrain", "midtrain", model_uri, dataset_uri, sid_uri, examples_uri)
         model_uri = stages["midtrain"]["outputs"]["model_uri"]
     stages["sft"] = run("sft", "sft", model_uri, dataset_uri, sid_uri, traces_uri)
     models = {"SFT": stages["sft"]["outputs"]["model_uri"]}

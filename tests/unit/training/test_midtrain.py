@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from components.prompts import CatalogItem, ItemCatalog
-from components.training.midtrain import TextPair, caption_examples, encode_pairs, next_item_examples
+from components.prompts.render import render_answer
+from components.training.midtrain import TextPair, candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
 from components.training.sft import ANSWER, PROMPT, collate
 from tests.unit.training.test_sft import catalog, make_catalog, tokenizer  # noqa: F401 (fixtures)
 
@@ -60,3 +63,14 @@ def test_encoded_pairs_weigh_the_target_and_end_token_only(tokenizer) -> None:  
         assert tokenizer.decode(target) == pair.target + tokenizer.eos_token
     batch = collate(examples, tokenizer.pad_token_id)
     assert batch["num_tokens"].tolist() == [len(tokenizer(p.target)["input_ids"]) + 1 for p in pairs]
+
+
+def test_candidate_recall_lists_the_prompt_sids_as_the_answer_json() -> None:
+    catalog = make_catalog()
+    [pair] = candidate_recall_examples([["i3", "i0", "i7"]], catalog)
+    sids = catalog.sids(["i3", "i0", "i7"])
+    assert json.loads(pair.target) == sids
+    # The target is written exactly as the answer's ranking list is.
+    assert pair.target in render_answer("r", sids)
+    for sid, item in zip(sids, ["i3", "i0", "i7"]):
+        assert f"{sid} {catalog.item(item).leaf_category}" in pair.prompt
