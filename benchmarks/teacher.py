@@ -64,14 +64,15 @@ def main() -> None:
         "",
         "## Training throughput",
         "",
-        "| stage | steps | examples per step | tokens/s (loss tokens) | wall s |",
-        "|---|---|---|---|---|",
+        "| stage | steps | throughput | wall s |",
+        "|---|---|---|---|",
     ]
     for name in TRAINING_STAGES:
         metrics = summary["stage_metrics"].get(name)
         if metrics:
-            per_step = "prompts x group" if name == "rl" else "sequences"
-            lines.append(f"| {name} | {metrics['steps']} | {per_step} | {metrics['tokens_per_s']:,.0f} | {metrics['wall_time_s']:.0f} |")
+            # The loop counts loss-weighted tokens where a batch says how many, else rows (RL: prompts).
+            unit = "prompts/s (each with its group of rollouts)" if name == "rl" else "loss tokens/s"
+            lines.append(f"| {name} | {metrics['steps']} | {metrics['tokens_per_s']:,.1f} {unit} | {metrics['wall_time_s']:.0f} |")
     lines += ["", teacher_summary_markdown(summary).replace("# AR teacher", "## AR teacher", 1), ""]
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"teacher_{profile}.md"

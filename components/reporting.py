@@ -83,12 +83,18 @@ def teacher_summary_markdown(summary: dict[str, Any]) -> str:
     evaluations = summary["evaluations"]
     lines = [f"# AR teacher (GR2): dataset version `{summary['dataset_version']}`", ""]
     first = next(iter(evaluations.values()))
-    slices = [(split, part) for split, report in first.items() for part in ("all", "test_sample") if part in report]
+    # The test sample is its own slice only when more than the sample was scored.
+    slices = [
+        (split, part)
+        for split, report in first.items()
+        for part in ("all", "test_sample")
+        if part in report and (part == "all" or report[part]["n"] < report["all"]["n"])
+    ]
     for split, part in slices:
-        label = {"all": "all users", "test_sample": "the fixed test sample"}[part]
+        title = f"{split}, the fixed test sample" if part == "test_sample" else split
         columns = {"floor": first[split][part]["floor"]} | {name: report[split][part] for name, report in evaluations.items()}
         decode = {"floor": None} | {name: report[split]["decode"] for name, report in evaluations.items()}
-        lines += [f"## {split}, {label} (mean ± half-width of the 95% bootstrap CI)", "", model_comparison_table(columns, decode), ""]
+        lines += [f"## {title} (mean ± half-width of the 95% bootstrap CI)", "", model_comparison_table(columns, decode), ""]
         for name, report in evaluations.items():
             diff = report[split][part]["vs_floor"]
             lines.append(
