@@ -36,6 +36,19 @@ def _device() -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def results_markdown(summary: dict) -> str:
+    """Training throughput per stage, then the teacher's comparison tables."""
+    lines = ["## Training throughput", "", "| stage | steps | throughput | wall s |", "|---|---|---|---|"]
+    for name in TRAINING_STAGES:
+        metrics = summary["stage_metrics"].get(name)
+        if metrics:
+            # The loop counts loss-weighted tokens where a batch says how many, else rows (RL: prompts).
+            unit = "prompts/s (each with its group of rollouts)" if name == "rl" else "loss tokens/s"
+            lines.append(f"| {name} | {metrics['steps']} | {metrics['tokens_per_s']:,.1f} {unit} | {metrics['wall_time_s']:.0f} |")
+    lines += ["", teacher_summary_markdown(summary).replace("# AR teacher", "## AR teacher", 1), ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tiny.yaml")
@@ -55,25 +68,14 @@ def main() -> None:
     teacher_s = sum(stage["seconds"] for stage in summary["stages"].values())
     profile = args.name or Path(args.config).stem
     shown = " ".join(["python benchmarks/teacher.py --config", args.config, *(f"--set {item}" for item in args.overrides)])
-    lines = [
+    header = [
         f"# AR teacher, `{profile}`",
         "",
         f"- command: `{shown}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d')}; device: {_device()}; Python {platform.python_version()}",
         f"- teacher stages (traces to evaluation, data flow excluded): {teacher_s:.0f} s; whole command {wall_s:.0f} s",
-        "",
-        "## Training throughput",
-        "",
-        "| stage | steps | throughput | wall s |",
-        "|---|---|---|---|",
     ]
-    for name in TRAINING_STAGES:
-        metrics = summary["stage_metrics"].get(name)
-        if metrics:
-            # The loop counts loss-weighted tokens where a batch says how many, else rows (RL: prompts).
-            unit = "prompts/s (each with its group of rollouts)" if name == "rl" else "loss tokens/s"
-            lines.append(f"| {name} | {metrics['steps']} | {metrics['tokens_per_s']:,.1f} {unit} | {metrics['wall_time_s']:.0f} |")
-    lines += ["", teacher_summary_markdown(summary).replace("# AR teacher", "## AR teacher", 1), ""]
+    lines = [*header, "", results_markdown(summary)]
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"teacher_{profile}.md"
     out.write_text("\n".join(lines))

@@ -21,7 +21,7 @@ from components.semantic_ids.build import load_catalog, read_sids
 from components.semantic_ids.format import all_sid_tokens
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.build import read_traces
-from components.training.midtrain import caption_examples, next_item_examples
+from components.training.midtrain import candidate_recall_examples, caption_examples, next_item_examples
 
 BASE_MODEL_STAGE = StageSpec(
     "base_model", ("model", "prompts"), ("components/modeling", "components/prompts", "components/training/midtrain")
@@ -37,10 +37,13 @@ def base_model_inputs(dataset_uri: str, sid_uri: str, examples_uri: str, traces_
 
 def tokenizer_corpus(catalog: ItemCatalog, examples: pd.DataFrame, traces: pd.DataFrame, cfg: Config) -> Iterator[str]:
     """The text a from-scratch tokenizer is trained on (SID tokens in it are cut out by the trainer)."""
-    item_ids = list(catalog.item_ids)
+    item_ids = catalog.item_ids
     for pair in caption_examples(catalog, item_ids, reverse=True):
         yield pair.prompt + pair.target
-    yield from (pair.prompt for pair in next_item_examples([item_ids[:3]], catalog, cfg.candidates.history_max))
+    # One pair of each other mid-training task, for their template words.
+    few = item_ids[:3]
+    for pair in next_item_examples([few], catalog, cfg.candidates.history_max) + candidate_recall_examples([few], catalog):
+        yield pair.prompt + pair.target
     sample = examples.sample(n=min(_TOKENIZER_PROMPTS, len(examples)), random_state=cfg.seed)
     for history, candidates in zip(sample["history"], sample["candidates"]):
         for message in render_messages(list(history), list(candidates), catalog, cfg.prompts):

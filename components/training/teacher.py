@@ -31,7 +31,7 @@ from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.analyst import training_interactions
 from components.traces.build import build_traces, read_traces
-from components.training.loop import LossFn, TrainResult, batch_indices, train
+from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
 from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
 from components.training.rl import dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
@@ -58,7 +58,7 @@ def _train_and_publish(
     spec: StageSpec,
     uri: str,
     model_uri: str,
-    build: Any,
+    build: Callable[[Any, Any], tuple[BatchFn, LossFn]],
     training: TrainingConfig,
     metrics: dict[str, Any],
 ) -> StageResult:
@@ -96,14 +96,14 @@ def _train_and_publish(
     return StageResult({"model_uri": uri}, metrics)
 
 
-def _encoded_batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int, pad_id: int) -> Any:
+def _encoded_batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int, pad_id: int) -> BatchFn:
     def batches(index: int) -> dict[str, Any]:
         return collate([encoded[i] for i in batch_indices(len(encoded), batch_size, index, seed).tolist()], pad_id)
 
     return batches
 
 
-def _weighted_lm(encoded: list[EncodedExample], training: TrainingConfig, tokenizer: Any) -> tuple[Any, LossFn]:
+def _weighted_lm(encoded: list[EncodedExample], training: TrainingConfig, tokenizer: Any) -> tuple[BatchFn, LossFn]:
     if not encoded:
         raise ValueError("no training examples fit model.max_length")
     return _encoded_batches(encoded, training.batch_size, training.seed, tokenizer.pad_token_id), weighted_lm_loss
@@ -136,7 +136,7 @@ def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, ex
     mcfg = cfg.midtrain
     metrics: dict[str, Any] = {}
 
-    def build(_model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+    def build(_model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
         work_dir = cfg.storage.work_dir
         catalog = load_catalog(dataset_uri, sid_uri, work_dir)
         # Only training positions: the valid and test targets must stay unseen.
@@ -175,7 +175,7 @@ def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
     training = cfg.sft.training(cfg.training)
     metrics: dict[str, Any] = {}
 
-    def build(_model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+    def build(_model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
         catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
         traces = read_traces(traces_uri, cfg.storage.work_dir)
         encoded, too_long = [], 0
@@ -213,7 +213,7 @@ def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples
     training = cfg.rl.training(cfg.training)
     metrics: dict[str, Any] = {}
 
-    def build(model: Any, tokenizer: Any) -> tuple[Any, LossFn]:
+    def build(model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
         catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
         examples = split_examples(read_examples(examples_uri, cfg.storage.work_dir), "train", cfg.rl.max_prompts, training.seed)
         prompts = rerank_prompts(tokenizer, examples, catalog, cfg.prompts)
