@@ -26,7 +26,7 @@ from components.evaluation.stage import evaluate_model
 from components.modeling.build import build_base_model
 from components.data.ingest import load_dataset
 from components.modeling.factory import load_model, save_model
-from components.prompts.render import render_messages
+from components.prompts.render import ItemCatalog, render_messages
 from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.analyst import training_interactions
@@ -53,22 +53,26 @@ def _is_master() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _train_and_publish(
+def _train_stage(
     cfg: Config,
     spec: StageSpec,
-    uri: str,
-    model_uri: str,
-    build: Callable[[Any, Any], tuple[BatchFn, LossFn]],
     training: TrainingConfig,
-    metrics: dict[str, Any],
+    inputs: dict[str, str],
+    build: Callable[[Any, Any, ItemCatalog, dict[str, Any]], tuple[BatchFn, LossFn]],
 ) -> StageResult:
-    """Load the start model, let ``build(model, tokenizer)`` give (batches, loss_fn), train, publish.
-
-    ``build`` may add its own counts to ``metrics``. Returns the stage result with ``model_uri``.
+    """What every training stage does around its own data: find a cached output, or load the start
+    model (``inputs["model"]``) and catalog, let ``build(model, tokenizer, catalog, metrics)`` give
+    (batches, loss_fn) and add its counts to ``metrics``, train, and publish the trained model.
     """
+    uri = spec.output_uri(cfg, inputs)
+    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
+        return cached
+    model_uri = inputs["model"]
+    metrics: dict[str, Any] = {}
     work_dir = cfg.storage.work_dir
     model, tokenizer, parent_meta = load_model(storage.fetch_dir(model_uri, work_dir))
-    batches, loss_fn = build(model, tokenizer)
+    catalog = load_catalog(inputs["dataset"], inputs["sids"], work_dir)
+    batches, loss_fn = build(model, tokenizer, catalog, metrics)
     checkpoints = Path(work_dir) / "checkpoints" / spec.name / uri.rstrip("/").rsplit("/", 1)[-1]
     history: list[dict[str, float]] = []
     result: TrainResult = train(
@@ -129,16 +133,11 @@ def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, ex
     Returns:
         ``outputs``: ``model_uri``; ``metrics``: example counts, final loss, tokens/s, wall time.
     """
-    uri = MIDTRAIN_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
-    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
-        return cached
     training = cfg.midtrain.training(cfg.training)
     mcfg = cfg.midtrain
-    metrics: dict[str, Any] = {}
 
-    def build(_model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
+    def build(_model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
         work_dir = cfg.storage.work_dir
-        catalog = load_catalog(dataset_uri, sid_uri, work_dir)
         # Only training positions: the valid and test targets must stay unseen.
         train_rows = training_interactions(load_dataset(dataset_uri, work_dir).interactions)
         ordered = train_rows.sort_values(["user_id", "position"], kind="stable")
@@ -153,7 +152,7 @@ def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, ex
         pairs = next_items + captions + recall
         return _weighted_lm(encode_pairs(tokenizer, pairs, cfg.model.max_length), training, tokenizer)
 
-    return _train_and_publish(cfg, MIDTRAIN_STAGE, uri, model_uri, build, training, metrics)
+    return _train_stage(cfg, MIDTRAIN_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
 
 
 def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_uri: str) -> StageResult:
@@ -169,14 +168,9 @@ def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
         ``outputs``: ``model_uri``; ``metrics``: examples used and dropped as too long, final loss,
         tokens/s, wall time.
     """
-    uri = SFT_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri))
-    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
-        return cached
     training = cfg.sft.training(cfg.training)
-    metrics: dict[str, Any] = {}
 
-    def build(_model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
-        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+    def build(_model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
         traces = read_traces(traces_uri, cfg.storage.work_dir)
         encoded, too_long = [], 0
         for row in traces.itertuples(index=False):
@@ -190,7 +184,7 @@ def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
         metrics.update(examples=len(encoded), dropped_too_long=too_long)
         return _weighted_lm(encoded, training, tokenizer)
 
-    return _train_and_publish(cfg, SFT_STAGE, uri, model_uri, build, training, metrics)
+    return _train_stage(cfg, SFT_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri), build)
 
 
 def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
@@ -207,14 +201,9 @@ def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples
         ``outputs``: ``model_uri``; ``metrics``: prompts, final loss and the last logged reward,
         valid rate, copied-pre-rank rate and kept-group share.
     """
-    uri = RL_STAGE.output_uri(cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
-    if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
-        return cached
     training = cfg.rl.training(cfg.training)
-    metrics: dict[str, Any] = {}
 
-    def build(model: Any, tokenizer: Any) -> tuple[BatchFn, LossFn]:
-        catalog = load_catalog(dataset_uri, sid_uri, cfg.storage.work_dir)
+    def build(model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
         examples = split_examples(read_examples(examples_uri, cfg.storage.work_dir), "train", cfg.rl.max_prompts, training.seed)
         prompts = rerank_prompts(tokenizer, examples, catalog, cfg.prompts)
         metrics.update(prompts=len(prompts))
@@ -225,7 +214,7 @@ def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples
 
         return batches, dapo_loss_fn(tokenizer, prompts, cfg.rl, reference)
 
-    return _train_and_publish(cfg, RL_STAGE, uri, model_uri, build, training, metrics)
+    return _train_stage(cfg, RL_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
 
 
 # The teacher's stages by name; a StageRunner runs one of them on the config and input URIs.
