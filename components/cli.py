@@ -7,6 +7,8 @@ overrides, shows progress on stderr, and with ``--json`` prints exactly one JSON
     dgr2 data --config configs/tiny.yaml
     dgr2 data --set candidates.negatives=popularity --json
     dgr2 train-teacher --config configs/tiny.yaml
+    dgr2 convert --config configs/tiny.yaml
+    dgr2 train-cft --config configs/tiny.yaml --json
 """
 
 from __future__ import annotations
@@ -109,6 +111,29 @@ def train_teacher(config: ConfigOption = None, overrides: SetOption = None, as_j
         return teacher_flow(cfg.model_dump(mode="json"))
 
     _run_command(config, overrides, as_json, body, teacher_summary_markdown)
+
+
+def _recipe_command(config: Path | None, overrides: list[str] | None, as_json: bool, until: str) -> None:
+    from components.reporting import recipe_summary_markdown
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from flows.recipe import recipe_flow
+
+        return recipe_flow(cfg.model_dump(mode="json"), until=until)
+
+    _run_command(config, overrides, as_json, body, recipe_summary_markdown)
+
+
+@app.command()
+def convert(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """Convert the AR teacher to block diffusion (training it first if needed) and evaluate the naive model."""
+    _recipe_command(config, overrides, as_json, "convert")
+
+
+@app.command("train-cft")
+def train_cft(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """Conversion fine-tuning of the block-diffusion model, then the tau sweep and the speed comparison."""
+    _recipe_command(config, overrides, as_json, "cft")
 
 
 if __name__ == "__main__":

@@ -105,9 +105,23 @@ class EvaluationConfig(_Section):
     test_users: Literal["all", "sample"] = "all"
     # Validation examples scored (a seeded sample of the valid split); 0 scores none.
     valid_examples: int = Field(1000, ge=0)
+    # Block-diffusion decoding thresholds tau reported for the final model: 1.0 is one token per
+    # step (the papers' quality setting), lower values the speed sweep.
+    thresholds: list[float] = Field(default_factory=lambda: [1.0, 0.9, 0.6, 0.4])
+    # The tau the service decodes with and the promotion gate checks.
+    serving_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    # Test prompts decoded for the speed comparison with the AR decoder, at batch 1 and batch 16.
+    speed_prompts_batch1: int = Field(16, ge=1)
+    speed_prompts_batch16: int = Field(64, ge=16)
     # Decoding settings of every evaluation (greedy, as the papers report).
     max_new_tokens: int = Field(320, ge=8)
     decode_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _thresholds_in_range(self) -> "EvaluationConfig":
+        if not self.thresholds or any(not 0.0 < t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"evaluation.thresholds must be a non-empty list of values in (0, 1], got {self.thresholds}")
+        return self
 
 
 class ModelConfig(_Section):
@@ -221,6 +235,18 @@ class RlConfig(StageTrainingConfig):
     kl_weight: float = Field(0.0, ge=0.0)
 
 
+class DiffusionConfig(_Section):
+    # Block-diffusion conversion (Diffusion-GR2 section 6; research note section 4). Response
+    # tokens per block; the paper uses 32, the research note 8 for short re-ranker outputs.
+    block_size: int = Field(8, ge=2)
+
+
+class CftConfig(StageTrainingConfig):
+    # Conversion fine-tuning: the masked block-diffusion objective on the SFT traces, weighted
+    # lambda_r / lambda_o as in SFT (sft.lambda_*). Per block the mask rate is U(mask_eps, 1).
+    mask_eps: float = Field(1e-3, gt=0.0, lt=1.0)
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -238,6 +264,8 @@ class Config(_Section):
     midtrain: MidtrainConfig = MidtrainConfig()
     sft: SftConfig = SftConfig()
     rl: RlConfig = RlConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    cft: CftConfig = CftConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

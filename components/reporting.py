@@ -73,6 +73,7 @@ def model_comparison_table(slices: dict[str, dict[str, Any]], decode: dict[str, 
         ("valid rate", lambda n: _extra_cell(slices[n], "valid_rate") if decode.get(n) else "-"),
         ("copied pre-rank order", lambda n: _extra_cell(slices[n], "copied_pre_rank_rate")),
         ("mean output tokens", lambda n: _extra_cell(decode.get(n), "mean_output_tokens")),
+        ("tokens per forward", lambda n: _extra_cell(decode.get(n), "tokens_per_forward")),
         ("decode tokens/s", lambda n: _extra_cell(decode.get(n), "decode_tokens_per_s")),
     ]
     return "\n".join([table, *(f"| {label} | " + " | ".join(cell(n) for n in names) + " |" for label, cell in rows)])
@@ -80,8 +81,38 @@ def model_comparison_table(slices: dict[str, dict[str, Any]], decode: dict[str, 
 
 def teacher_summary_markdown(summary: dict[str, Any]) -> str:
     """The AR teacher's summary: floor vs SFT vs RL on every evaluated slice, then stage facts."""
+    return _summary_markdown(summary, "AR teacher (GR2)")
+
+
+def recipe_summary_markdown(summary: dict[str, Any]) -> str:
+    """The recipe's summary: floor, AR teacher and block-diffusion models on every evaluated slice,
+    the decode speed comparison, then stage facts."""
+    return _summary_markdown(summary, "Diffusion-GR2 recipe")
+
+
+def speed_table(speed: dict[str, Any]) -> str:
+    """AR vs block decoding at each batch size: tokens/s, tokens per forward and speedup."""
+    lines = [
+        f"Decode speed on {speed['device']} (greedy, same prompts, same process)",
+        "",
+        "| batch | decoder | tokens/s | tokens per forward | mean output tokens | speedup vs AR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, entries in speed.items():
+        if not key.startswith("batch_"):
+            continue
+        for decoder, entry in entries.items():
+            speedup = f"{entry['speedup']:.2f}x" if "speedup" in entry else "1.00x"
+            lines.append(
+                f"| {key.removeprefix('batch_')} | {decoder} | {entry['decode_tokens_per_s']:,.1f} | "
+                f"{entry['tokens_per_forward']:.2f} | {entry['mean_output_tokens']:.1f} | {speedup} |"
+            )
+    return "\n".join(lines)
+
+
+def _summary_markdown(summary: dict[str, Any], title: str) -> str:
     evaluations = summary["evaluations"]
-    lines = [f"# AR teacher (GR2): dataset version `{summary['dataset_version']}`", ""]
+    lines = [f"# {title}: dataset version `{summary['dataset_version']}`", ""]
     first = next(iter(evaluations.values()))
     # The test sample is its own slice only when more than the sample was scored.
     slices = [
@@ -102,6 +133,8 @@ def teacher_summary_markdown(summary: dict[str, Any]) -> str:
                 + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items())
             )
         lines.append("")
+    if summary.get("speed"):
+        lines += ["## Speed", "", speed_table(summary["speed"]), ""]
     lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]
     for name, stage in summary["stages"].items():
         facts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stage["facts"].items())

@@ -76,3 +76,15 @@ def run_stage(stage_task: Any, *args: Any) -> dict[str, Any]:
     result["cached"] = bool(result.get("cached")) or state.name == "Cached"
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def task_runner(tasks: dict[str, Any], cfg: dict[str, Any], logger: Any) -> Callable[..., dict[str, Any]]:
+    """A ``StageRunner`` over Prefect tasks: ``run(label, stage, *input URIs)`` runs ``tasks[stage]``
+    as a task named ``label`` and logs its time."""
+
+    def run(label: str, stage: str, *inputs: str) -> dict[str, Any]:
+        result = run_stage(tasks[stage].with_options(name=label), cfg, *inputs)
+        logger.info("%s: %s s%s", label, result["seconds"], " (cached)" if result["cached"] else "")
+        return result
+
+    return run

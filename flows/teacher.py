@@ -31,7 +31,7 @@ from components.training.teacher import (
     run_teacher,
     training_inputs,
 )
-from flows.caching import output_cache_key, run_stage
+from flows.caching import output_cache_key, task_runner
 from flows.data import data_flow
 
 
@@ -74,15 +74,18 @@ def rl_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str,
 @task(
     name="evaluate",
     cache_key_fn=output_cache_key(
-        EVALUATION_STAGE, lambda p: evaluation_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"])
+        EVALUATION_STAGE,
+        lambda p: evaluation_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"], p.get("threshold", "")),
     ),
     persist_result=True,
 )
-def evaluate_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
-    return evaluate_model(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri).to_dict()
+def evaluate_task(
+    cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = ""
+) -> dict[str, Any]:
+    return evaluate_model(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri, threshold).to_dict()
 
 
-_TASKS = {
+TEACHER_TASKS = {
     "traces": traces_task,
     "base_model": base_model_task,
     "midtrain": midtrain_task,
@@ -103,16 +106,10 @@ def teacher_flow(cfg: dict[str, Any]) -> dict[str, Any]:
         A summary: dataset version, model URIs, per-stage metrics and timings, and the evaluation
         of the SFT and RL models (each with the floor on the same examples).
     """
-    logger = get_run_logger()
     started = time.perf_counter()
     data = data_flow(cfg)
     outputs = data["outputs"]
-
-    def run(label: str, stage: str, *inputs: str) -> dict[str, Any]:
-        result = run_stage(_TASKS[stage].with_options(name=label), cfg, *inputs)
-        logger.info("%s: %s s%s", label, result["seconds"], " (cached)" if result["cached"] else "")
-        return result
-
+    run = task_runner(TEACHER_TASKS, cfg, get_run_logger())
     summary = {"dataset_version": data["dataset_version"]}
     summary |= run_teacher(Config.model_validate(cfg), outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], run)
     summary["seconds"] = round(time.perf_counter() - started, 2)

@@ -53,6 +53,11 @@ class Generation:
         return sum(len(ids) for ids in self.token_ids)
 
     @property
+    def tokens_per_forward(self) -> float:
+        """Generated tokens per forward pass of a sequence: one, for autoregressive decoding."""
+        return 1.0
+
+    @property
     def decode_tokens_per_s(self) -> float:
         """Generated tokens per second of wall-clock time."""
         return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
@@ -67,7 +72,7 @@ def default_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return stops
 
 
-def _cache_argument(model: PreTrainedModel) -> str:
+def cache_keyword(model: PreTrainedModel) -> str:
     """The name under which ``model.forward`` takes its KV cache.
 
     Newer transformers call it ``cache`` and deprecate ``past_key_values``; older ones only know
@@ -76,7 +81,7 @@ def _cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token id lists into ``(ids, mask)``, both ``(B, max_len)``, mask 1 on real tokens."""
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -101,7 +106,7 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _choose(
+def choose_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next token of each row and its log-prob.
@@ -152,7 +157,7 @@ def _generate_batch(
         stop token.
     """
     device = stop_ids.device
-    ids, prompt_mask = _left_pad(prompt_ids, pad_id, device)  # (B, P), (B, P)
+    ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P), (B, P)
     batch, prompt_length = ids.shape
     cache_length = prompt_length + max_new_tokens
     if static_cache:
@@ -188,7 +193,7 @@ def _generate_batch(
             **{cache_argument: cache},
         )
         logits = out.logits[:, -1].float()  # (B, V)
-        next_tokens, next_log_probs = _choose(logits, temperature, top_p, generator)  # (B,), (B,)
+        next_tokens, next_log_probs = choose_tokens(logits, temperature, top_p, generator)  # (B,), (B,)
         next_tokens = next_tokens.masked_fill(done, pad_id)
         tokens[:, steps] = next_tokens
         log_probs[:, steps] = next_log_probs
@@ -270,7 +275,7 @@ def generate(
     if temperature > 0.0 and seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    cache_argument = _cache_argument(model)
+    cache_argument = cache_keyword(model)
 
     was_training = model.training
     model.eval()

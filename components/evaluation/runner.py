@@ -82,5 +82,6 @@ def evaluate_decoder(
         "mean_output_tokens": generation.output_tokens / max(1, len(prompts)),
         "seconds": float(generation.seconds),
         "decode_tokens_per_s": float(generation.decode_tokens_per_s),
+        "tokens_per_forward": float(generation.tokens_per_forward),
     }
     return result

@@ -1,6 +1,7 @@
 """The evaluation stage: a model directory -> its metrics on the valid sample and the test users.
 
-Greedy AR decoding, as the papers report. The test slice covers every test user (or only the fixed
+Greedy decoding, as the papers report: AR decoding for the teacher, parallel block decoding at a
+threshold tau for a converted model. The test slice covers every test user (or only the fixed
 test sample, ``evaluation.test_users: sample``) and always reports the sample as its own slice,
 so numbers compare with the papers' 1,615-user protocol.
 """
@@ -17,7 +18,9 @@ from components import storage
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config
 from components.decoding.ar import generate
+from components.decoding.block import generate_blocks
 from components.evaluation.runner import evaluate_decoder, render_prompts
+from components.modeling.block_diffusion import BLOCK_SIZE_KEY
 from components.modeling.factory import load_model
 from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
@@ -27,8 +30,26 @@ EVALUATION_STAGE = StageSpec(
 )
 
 
-def evaluation_inputs(model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, str]:
-    return {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
+def evaluation_inputs(model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = "") -> dict[str, str]:
+    inputs = {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
+    return inputs | ({"threshold": threshold} if threshold else {})
+
+
+def is_block_diffusion(model: Any) -> bool:
+    """Whether ``model`` was converted to block diffusion (and must be decoded block by block)."""
+    return getattr(model.config, BLOCK_SIZE_KEY, None) is not None
+
+
+def model_decoder(model: Any, tokenizer: Any, cfg: Config, threshold: float | None = None, batch_size: int | None = None) -> Any:
+    """Greedy decoding of prompts with ``model``: AR, or block decoding at ``threshold`` (default:
+    the serving tau) for a converted model."""
+    batch_size = batch_size or cfg.evaluation.decode_batch_size
+    if is_block_diffusion(model):
+        tau = cfg.evaluation.serving_threshold if threshold is None else threshold
+        return partial(generate_blocks, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, threshold=tau, batch_size=batch_size)
+    if threshold is not None:
+        raise ValueError("a threshold applies to a block-diffusion model only; this model is autoregressive")
+    return partial(generate, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=batch_size)
 
 
 def evaluation_examples(examples: pd.DataFrame, cfg: Config) -> dict[str, pd.DataFrame]:
@@ -43,28 +64,30 @@ def evaluation_examples(examples: pd.DataFrame, cfg: Config) -> dict[str, pd.Dat
     return splits
 
 
-def evaluate_model(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+def evaluate_model(
+    cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = ""
+) -> StageResult:
     """Decode every evaluation prompt greedily and score the answers against the floor.
 
     Args:
         cfg: run config (``cfg.evaluation``: users, sample sizes, decoding, bootstrap).
         model_uri: a ``save_model`` directory.
         dataset_uri, sid_uri, examples_uri: the data flow's outputs.
+        threshold: tau for a block-diffusion model, as text (stage inputs are strings); empty
+            means the serving tau. Must be empty for an AR model.
 
     Returns:
         ``outputs``: ``evaluation_uri``; ``metrics``: ``{"test": {...}, "valid": {...}}``, each as
         :func:`components.evaluation.runner.evaluate_decoder` returns it.
     """
-    uri = EVALUATION_STAGE.output_uri(cfg, evaluation_inputs(model_uri, dataset_uri, sid_uri, examples_uri))
+    uri = EVALUATION_STAGE.output_uri(cfg, evaluation_inputs(model_uri, dataset_uri, sid_uri, examples_uri, threshold))
     if (cached := cached_result(uri, "evaluation_uri", cfg.storage.work_dir)) is not None:
         return cached
     work_dir = cfg.storage.work_dir
     model, tokenizer, _ = load_model(storage.fetch_dir(model_uri, work_dir))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     catalog = load_catalog(dataset_uri, sid_uri, work_dir)
-    decode = partial(
-        generate, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=cfg.evaluation.decode_batch_size
-    )
+    decode = model_decoder(model, tokenizer, cfg, float(threshold) if threshold else None)
     report: dict[str, Any] = {}
     for split, examples in evaluation_examples(read_examples(examples_uri, work_dir), cfg).items():
         prompts = render_prompts(tokenizer, examples, catalog, cfg.prompts)

@@ -36,7 +36,14 @@ from components.training.midtrain import candidate_recall_examples, caption_exam
 from components.training.rl import dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
 
-_TRAINING_CODE = ("components/training", "components/modeling", "components/prompts", "components/decoding")
+# The modules a teacher stage runs; the diffusion stages' modules are left out so that changing
+# them does not retrain the teacher.
+_TRAINING_CODE = (
+    *(f"components/training/{m}" for m in ("loop", "sft", "midtrain", "rl", "dapo", "reward", "logprobs", "teacher")),
+    *(f"components/modeling/{m}" for m in ("factory", "tokenizer", "build")),
+    "components/prompts",
+    "components/decoding/ar",
+)
 MIDTRAIN_STAGE = StageSpec("midtrain", ("midtrain", "training", "candidates", "model"), _TRAINING_CODE)
 SFT_STAGE = StageSpec("sft", ("sft", "training", "prompts", "model"), _TRAINING_CODE)
 RL_STAGE = StageSpec("rl", ("rl", "training", "prompts"), _TRAINING_CODE)
@@ -53,7 +60,7 @@ def _is_master() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _train_stage(
+def train_stage(
     cfg: Config,
     spec: StageSpec,
     training: TrainingConfig,
@@ -98,6 +105,23 @@ def _train_stage(
             (out / "history.json").write_text(json.dumps(history))
         shutil.rmtree(checkpoints, ignore_errors=True)
     return StageResult({"model_uri": uri}, metrics)
+
+
+def encoded_traces(cfg: Config, tokenizer: Any, catalog: ItemCatalog, traces_uri: str, metrics: dict[str, Any]) -> list[EncodedExample]:
+    """The accepted traces encoded for SFT (reasoning weighted lambda_r, answer lambda_o); the
+    example count and the examples dropped as longer than ``model.max_length`` go to ``metrics``."""
+    traces = read_traces(traces_uri, cfg.storage.work_dir)
+    encoded, too_long = [], 0
+    for row in traces.itertuples(index=False):
+        messages = render_messages(list(row.history), list(row.candidates), catalog, cfg.prompts)
+        try:
+            encoded.append(
+                encode_sft_example(tokenizer, messages, row.reasoning, catalog.sids(list(row.ranking)), cfg.sft, cfg.model.max_length)
+            )
+        except ValueError:
+            too_long += 1
+    metrics.update(examples=len(encoded), dropped_too_long=too_long)
+    return encoded
 
 
 def _encoded_batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int, pad_id: int) -> BatchFn:
@@ -152,7 +176,7 @@ def run_midtrain(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, ex
         pairs = next_items + captions + recall
         return _weighted_lm(encode_pairs(tokenizer, pairs, cfg.model.max_length), training, tokenizer)
 
-    return _train_stage(cfg, MIDTRAIN_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
+    return train_stage(cfg, MIDTRAIN_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
 
 
 def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_uri: str) -> StageResult:
@@ -171,20 +195,9 @@ def run_sft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
     training = cfg.sft.training(cfg.training)
 
     def build(_model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
-        traces = read_traces(traces_uri, cfg.storage.work_dir)
-        encoded, too_long = [], 0
-        for row in traces.itertuples(index=False):
-            messages = render_messages(list(row.history), list(row.candidates), catalog, cfg.prompts)
-            try:
-                encoded.append(
-                    encode_sft_example(tokenizer, messages, row.reasoning, catalog.sids(list(row.ranking)), cfg.sft, cfg.model.max_length)
-                )
-            except ValueError:
-                too_long += 1
-        metrics.update(examples=len(encoded), dropped_too_long=too_long)
-        return _weighted_lm(encoded, training, tokenizer)
+        return _weighted_lm(encoded_traces(cfg, tokenizer, catalog, traces_uri, metrics), training, tokenizer)
 
-    return _train_stage(cfg, SFT_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri), build)
+    return train_stage(cfg, SFT_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri), build)
 
 
 def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
@@ -214,7 +227,7 @@ def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples
 
         return batches, dapo_loss_fn(tokenizer, prompts, cfg.rl, reference)
 
-    return _train_stage(cfg, RL_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
+    return train_stage(cfg, RL_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
 
 
 # The teacher's stages by name; a StageRunner runs one of them on the config and input URIs.
@@ -236,15 +249,17 @@ _FACTS = {
     "midtrain": ("candidate_recall_examples", "final_loss", "steps", "tokens_per_s"),
     "sft": ("examples", "final_loss", "steps", "tokens_per_s"),
     "rl": ("prompts", "steps", "tokens_per_s"),
+    "convert": ("block_size", "parameters"),
+    "cft": ("examples", "final_loss", "steps", "tokens_per_s"),
 }
 
 
-def direct_runner(cfg: Config) -> StageRunner:
+def direct_runner(cfg: Config, functions: dict[str, Callable[..., StageResult]] = TEACHER_STAGE_FUNCTIONS) -> StageRunner:
     """Run each stage in this process, timed (the orchestrator's runner adds caching and retries)."""
 
     def run(_label: str, stage: str, *inputs: str) -> dict[str, Any]:
         started = time.perf_counter()
-        result = TEACHER_STAGE_FUNCTIONS[stage](cfg, *inputs).to_dict()
+        result = functions[stage](cfg, *inputs).to_dict()
         return result | {"seconds": round(time.perf_counter() - started, 2)}
 
     return run
@@ -261,8 +276,8 @@ def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, 
         run: runs one stage (:func:`direct_runner`, or the Prefect flow's cached tasks).
 
     Returns:
-        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report), ``stages``
-        (seconds, cached and headline facts per stage) and ``stage_metrics`` (all of them).
+        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report),
+        ``traces_uri`` and :func:`summarize_stages`' ``stages`` and ``stage_metrics``.
     """
     stages: dict[str, dict[str, Any]] = {}
     stages["traces"] = run("traces", "traces", dataset_uri, sid_uri, examples_uri)
@@ -281,9 +296,13 @@ def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, 
     for name, uri in models.items():
         stages[f"evaluate {name}"] = run(f"evaluate {name}", "evaluate", uri, dataset_uri, sid_uri, examples_uri)
         evaluations[name] = stages[f"evaluate {name}"]["metrics"]
+    return {"models": models, "evaluations": evaluations, "traces_uri": traces_uri} | summarize_stages(stages)
+
+
+def summarize_stages(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``stages``: seconds, cached and headline facts per stage; ``stage_metrics``: all metrics of
+    every stage but the evaluations (whose reports are the summary's ``evaluations``)."""
     return {
-        "models": models,
-        "evaluations": evaluations,
         "stages": {
             name: {
                 "seconds": stage["seconds"],

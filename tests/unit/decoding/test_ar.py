@@ -215,9 +215,9 @@ def test_static_cache_gives_the_dynamic_cache_results(model, tokenizer, prompts,
 
 def test_older_cache_argument_name_gives_the_same_tokens(model, tokenizer, prompts, monkeypatch):
     # transformers before the ``cache`` rename only take ``past_key_values``; both must decode alike.
-    assert ar._cache_argument(model) in {"cache", "past_key_values"}
+    assert ar.cache_keyword(model) in {"cache", "past_key_values"}
     current = generate(model, tokenizer, prompts, MAX_NEW, stop_token_ids=[])
-    monkeypatch.setattr(ar, "_cache_argument", lambda model: "past_key_values")
+    monkeypatch.setattr(ar, "cache_keyword", lambda model: "past_key_values")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         older = generate(model, tokenizer, prompts, MAX_NEW, stop_token_ids=[])

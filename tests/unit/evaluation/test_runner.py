@@ -23,6 +23,7 @@ class _Generation:
     texts: list[str]
     output_tokens: int
     seconds: float
+    tokens_per_forward: float = 1.0
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -69,6 +70,7 @@ def test_an_oracle_decoder_is_perfect_and_beats_the_floor():
         "mean_output_tokens": 10.0,
         "seconds": 2.0,
         "decode_tokens_per_s": 200.0,
+        "tokens_per_forward": 1.0,
     }
 
 

@@ -1,0 +1,235 @@
+"""Parallel block-diffusion decoding with a confidence threshold and a KV cache (Fast-dLLM v2 style).
+
+The prompt is prefilled causally into the cache; its last logits give the first response token
+(token shift: the logits at position j - 1 predict token j). Then, per block of ``b`` tokens:
+
+1. the block starts as ``[first token, <|mask|> x (b - 1)]``;
+2. each step runs the whole block against the cache (bidirectional inside the block), rolls the
+   block's K/V back out of the cache, and commits every masked position whose probability is at
+   least ``threshold``, plus the most confident one, so at most ``b - 1`` steps finish a block;
+3. once a stop token is in the block, the masked positions after it are not decoded (the answer
+   ends there);
+4. a last forward over the finished block writes its K/V to the cache and predicts the next
+   block's first token.
+
+``threshold >= 1`` commits exactly one token per step, the papers' quality setting. Sequences
+stop independently: a finished sequence stays in its batch, fed padding that it never commits.
+Each token's commit step is recorded (-1 for a block's first token, decoded autoregressively), and
+each sequence's forward passes (NFE): what OPD and RL replay, and what tokens per forward counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from components.decoding.ar import Generation, cache_keyword, choose_tokens, default_stop_token_ids, left_pad
+from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask
+
+# The commit step recorded for a block's first token, which is predicted from the previous block.
+AUTOREGRESSIVE_STEP = -1
+
+
+@dataclass
+class BlockGeneration(Generation):
+    """A :class:`Generation` plus the decoding trajectory of every sequence."""
+
+    # Per generated token, the denoising step of its block at which it was committed.
+    commit_steps: list[list[int]]
+    # Per sequence, the forwards it took part in (prefill, denoising steps, block commits).
+    sequence_forward_passes: list[int]
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Generated tokens per forward pass, summed over sequences."""
+        return self.output_tokens / max(1, sum(self.sequence_forward_passes))
+
+
+def _masked_column(vocab: int, column: int, device: torch.device) -> torch.Tensor:
+    flags = torch.zeros(vocab, dtype=torch.bool, device=device)
+    flags[column] = True
+    return flags
+
+
+def _decode_batch(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    spec: BlockDiffusionSpec,
+    max_new_tokens: int,
+    threshold: float,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    stop_ids: torch.Tensor,
+    pad_id: int,
+    cache_argument: str,
+) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[int], int]:
+    """Decode one batch; returns (token ids, log-probs, commit steps, NFE per sequence, forwards)."""
+    device = stop_ids.device
+    b, mask_id = spec.block_size, spec.mask_token_id
+    ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
+    batch = ids.shape[0]
+    positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
+    cache: Cache = DynamicCache()
+    kwargs = {cache_argument: cache, "use_cache": True}
+    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **kwargs)
+    never_mask = _masked_column(out.logits.shape[-1], mask_id, device)  # (V,)
+    first, first_log_prob = choose_tokens(out.logits[:, -1].float().masked_fill(never_mask, float("-inf")), temperature, top_p, generator)
+    forwards = 1
+    nfe = torch.ones(batch, dtype=torch.long, device=device)  # (B,)
+    key_valid = prompt_mask.bool()  # (B, L): the cached positions that are real tokens
+    next_position = positions[:, -1] + 1  # (B,)
+    offsets = torch.arange(b, device=device)
+    num_blocks = -(-max_new_tokens // b)
+    tokens = torch.full((batch, num_blocks * b), pad_id, dtype=torch.long, device=device)
+    log_probs = torch.zeros((batch, num_blocks * b), device=device)
+    steps = torch.full((batch, num_blocks * b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for k in range(num_blocks):
+        block = torch.full((batch, b), mask_id, dtype=torch.long, device=device)  # (B, b)
+        block[:, 0] = first
+        block_log_probs = torch.zeros((batch, b), device=device)
+        block_log_probs[:, 0] = first_log_prob
+        block_steps = torch.full((batch, b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
+        block[done] = pad_id
+        # A block that starts with a stop token ends its sequence; nothing after it is decoded.
+        block[:, 1:] = block[:, 1:].masked_fill(torch.isin(first, stop_ids)[:, None], pad_id)
+        mask = block_step_mask(key_valid, b)  # (B, 1, b, L + b)
+        block_positions = next_position[:, None] + offsets  # (B, b)
+        step = 0
+        while bool((masked := block == mask_id).any()):
+            logits = model(input_ids=block, attention_mask=mask, position_ids=block_positions, **kwargs).logits
+            cache.crop(-b)  # the noisy block's K/V must not stay in the cache
+            forwards += 1
+            nfe += masked.any(dim=1)
+            # Token shift: position i's distribution is the logits at i - 1.
+            predictions = logits[:, :-1].float().masked_fill(never_mask, float("-inf"))  # (B, b-1, V)
+            flat_tokens, flat_log_probs = choose_tokens(predictions.reshape(-1, predictions.shape[-1]), temperature, top_p, generator)
+            proposed = flat_tokens.view(batch, b - 1)
+            proposed_log_probs = flat_log_probs.view(batch, b - 1)
+            open_slots = masked[:, 1:]  # (B, b-1)
+            confidence = proposed_log_probs.exp().masked_fill(~open_slots, -1.0)
+            commit = open_slots & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(open_slots)
+            most_confident = confidence.argmax(dim=1)  # (B,)
+            commit[torch.arange(batch, device=device), most_confident] |= open_slots.any(dim=1)
+            block[:, 1:] = torch.where(commit, proposed, block[:, 1:])
+            block_log_probs[:, 1:] = torch.where(commit, proposed_log_probs, block_log_probs[:, 1:])
+            block_steps[:, 1:] = torch.where(commit, step, block_steps[:, 1:])
+            # Once a stop token is committed, what follows it in the block is not part of the answer.
+            stopped = torch.isin(block, stop_ids).long().cummax(dim=1).values.bool()  # (B, b)
+            after_stop = stopped & ~torch.isin(block, stop_ids)
+            block = block.masked_fill(after_stop & (block == mask_id), pad_id)
+            step += 1
+        span = slice(k * b, (k + 1) * b)
+        tokens[:, span], log_probs[:, span], steps[:, span] = block, block_log_probs, block_steps
+        done |= torch.isin(block, stop_ids).any(dim=1)
+        if bool(done.all()) or k == num_blocks - 1:
+            break
+        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **kwargs)
+        forwards += 1
+        nfe += ~done
+        key_valid = torch.cat([key_valid, torch.ones((batch, b), dtype=torch.bool, device=device)], dim=1)
+        next_position = next_position + b
+        first, first_log_prob = choose_tokens(
+            out.logits[:, -1].float().masked_fill(never_mask, float("-inf")), temperature, top_p, generator
+        )
+
+    stop_set = set(stop_ids.tolist())
+    token_rows, log_prob_rows, step_rows = tokens.tolist(), log_probs.tolist(), steps.tolist()
+    for i, row in enumerate(token_rows):
+        end = next((t + 1 for t, token in enumerate(row) if token in stop_set), min(len(row), max_new_tokens))
+        token_rows[i], log_prob_rows[i], step_rows[i] = row[:end], log_prob_rows[i][:end], step_rows[i][:end]
+    return token_rows, log_prob_rows, step_rows, nfe.tolist(), forwards
+
+
+@torch.inference_mode()
+def generate_blocks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    threshold: float = 0.9,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop_token_ids: list[int] | None = None,
+    batch_size: int = 16,
+) -> BlockGeneration:
+    """Complete chat prompts with a converted block-diffusion model, ``batch_size`` at a time.
+
+    Args:
+        model: a model converted by ``convert_to_block_diffusion`` (its config holds the block
+            size and mask id); its train/eval mode is restored afterwards.
+        tokenizer: its tokenizer.
+        prompts: prompts already rendered with the chat template.
+        max_new_tokens: the most tokens generated per prompt.
+        threshold: tau; a masked position is committed once its probability reaches it.
+            1.0 (or more) commits one token per step.
+        temperature: 0 for greedy choices (confidence = top probability); otherwise sampled
+            (confidence = the sampled token's probability).
+        top_p: nucleus mass when sampling.
+        seed: seeds the sampling RNG.
+        stop_token_ids: ids that end a sequence; default: eos and ``<|im_end|>``.
+        batch_size: prompts per batch.
+
+    Returns:
+        The completions in prompt order, with their commit steps and forward passes.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be positive")
+    if not 0.0 < threshold or temperature < 0.0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need threshold > 0, temperature >= 0 and 0 < top_p <= 1, got {threshold}, {temperature}, {top_p}")
+    start = time.perf_counter()
+    spec = block_diffusion_spec(model)
+    if spec.block_size < 2:
+        raise ValueError("block size 1 is autoregressive decoding: use components.decoding.ar.generate")
+    device = next(model.parameters()).device
+    stops = default_stop_token_ids(tokenizer) if stop_token_ids is None else list(stop_token_ids)
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("every prompt must have at least one token")
+    generator = None
+    if temperature > 0.0 and seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    keyword = cache_keyword(model)
+    was_training = model.training
+    model.eval()
+    token_ids: list[list[int]] = []
+    logprobs: list[list[float]] = []
+    commit_steps: list[list[int]] = []
+    sequence_nfe: list[int] = []
+    forward_passes = 0
+    try:
+        for first in range(0, len(prompt_ids), batch_size):
+            rows, row_log_probs, row_steps, row_nfe, forwards = _decode_batch(
+                model,
+                prompt_ids[first : first + batch_size],
+                spec,
+                max_new_tokens,
+                threshold,
+                temperature,
+                top_p,
+                generator,
+                stop_ids,
+                pad_id,
+                keyword,
+            )
+            token_ids += rows
+            logprobs += row_log_probs
+            commit_steps += row_steps
+            sequence_nfe += row_nfe
+            forward_passes += forwards
+    finally:
+        model.train(was_training)
+    stop_set = set(stops)
+    bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
+    texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
+    return BlockGeneration(
+        texts, token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe
+    )

@@ -1,0 +1,202 @@
+"""Conversion fine-tuning (CFT): the masked block-diffusion objective on the SFT data.
+
+Each example is packed as ``[prompt | view 1 | view 2 | clean response]`` (see
+``components.modeling.block_diffusion.training_layout``). Per response block a mask rate t is drawn
+from U(eps, 1); view 1 masks each token of the block except its first with probability t, and
+view 2 masks exactly the others, so every response token is supervised once per example:
+
+- a block's first token from the clean stream's logits at the position before it (the prompt's
+  last token for the first block), as the decoder predicts it from the committed previous block;
+- every other token from the logits at the position before it in the view where it is masked
+  (token shift).
+
+Reasoning and answer tokens are weighted lambda_r / lambda_o as in SFT. The response ends with the
+end token and its last block is filled with more end tokens, labelled as such, so that once the end
+is committed the rest of the block follows with high confidence (EOS-fill).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.modeling.block_diffusion import BlockDiffusionSpec, padded_length, training_layout
+from components.training.loop import TOKENS_KEY
+from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample
+
+VIEWS = 2
+
+
+@dataclass(frozen=True)
+class DiffusionExample:
+    """One example split into its prompt and its block-padded response."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    weights: list[float]
+    segments: list[int]
+
+
+def diffusion_example(encoded: EncodedExample, block_size: int, fill_id: int) -> DiffusionExample:
+    """Split an SFT example at its first completion token and fill its last block with ``fill_id``.
+
+    Args:
+        encoded: an ``encode_sft_example`` result (prompt tokens have segment ``PROMPT``).
+        block_size: b.
+        fill_id: the end token, which the filled positions are labelled with.
+
+    Returns:
+        The prompt, and the response, weights and segments padded to a multiple of b; filled
+        positions take the end token's weight.
+    """
+    prompt_length = next((i for i, s in enumerate(encoded.segments) if s != PROMPT), len(encoded.segments))
+    if prompt_length == 0 or prompt_length == len(encoded.input_ids):
+        raise ValueError("a diffusion example needs a non-empty prompt and a non-empty response")
+    response = list(encoded.input_ids[prompt_length:])
+    weights = list(encoded.loss_weights[prompt_length:])
+    segments = list(encoded.segments[prompt_length:])
+    fill = padded_length(len(response), block_size) - len(response)
+    return DiffusionExample(
+        prompt_ids=list(encoded.input_ids[:prompt_length]),
+        response_ids=response + [fill_id] * fill,
+        weights=weights + [weights[-1]] * fill,
+        segments=segments + [ANSWER] * fill,
+    )
+
+
+def complementary_mask(response_length: int, block_size: int, eps: float, generator: torch.Generator) -> Tensor:
+    """View 1's mask over a response: per block a rate t ~ U(eps, 1), block-start tokens never masked.
+
+    View 2 masks the complement of this among the non-block-start tokens.
+
+    Returns:
+        (R,) bool, True where view 1 shows ``<|mask|>``.
+    """
+    blocks = response_length // block_size
+    rates = eps + (1.0 - eps) * torch.rand(blocks, generator=generator)  # (K,)
+    draws = torch.rand(response_length, generator=generator)  # (R,)
+    masked = draws < rates.repeat_interleave(block_size)
+    masked[::block_size] = False
+    return masked
+
+
+def pack_batch(
+    examples: Sequence[DiffusionExample],
+    view_masks: Sequence[Tensor],
+    spec: BlockDiffusionSpec,
+    pad_id: int,
+) -> dict[str, Tensor]:
+    """Pack examples into the two-view training layout, prompts left-padded to a common length.
+
+    Left-padding the prompts and filling every response to the batch's longest puts each row's
+    response at the same columns, so the logits read by the loss are one slice for the whole batch.
+
+    Args:
+        examples: the batch's examples.
+        view_masks: per example, view 1's (R_i,) mask from :func:`complementary_mask`.
+        spec: block size and mask token id.
+        pad_id: the id of padding (never attended to, never supervised).
+
+    Returns:
+        ``input_ids`` (B, N), ``attention_mask`` (B, 1, N, N) bool, ``position_ids`` (B, N),
+        ``logit_index`` (B, R): for every response token, the column (counted from the prompt's
+        last position) whose logits predict it; ``targets``, ``weights``, ``segments`` (B, R); and
+        ``num_tokens`` (B,). N = P + 3R.
+    """
+    block = spec.block_size
+    prompt_width = max(len(e.prompt_ids) for e in examples)
+    response_width = max(len(e.response_ids) for e in examples)
+    allowed, layout_positions = training_layout(prompt_width, response_width, block, VIEWS)
+    width = allowed.shape[0]
+    batch = len(examples)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention = allowed.repeat(batch, 1, 1)  # (B, N, N)
+    positions = torch.zeros((batch, width), dtype=torch.long)
+    targets = torch.full((batch, response_width), pad_id, dtype=torch.long)
+    weights = torch.zeros((batch, response_width))
+    segments = torch.full((batch, response_width), PROMPT, dtype=torch.long)
+    logit_index = torch.zeros((batch, response_width), dtype=torch.long)
+    response_index = torch.arange(response_width)
+    block_start = response_index % block == 0
+    eye = torch.eye(width, dtype=torch.bool)
+    for row, (example, view1) in enumerate(zip(examples, view_masks)):
+        pad = prompt_width - len(example.prompt_ids)
+        length = len(example.response_ids)
+        response = torch.full((response_width,), pad_id, dtype=torch.long)
+        response[:length] = torch.tensor(example.response_ids)
+        masked1 = torch.zeros(response_width, dtype=torch.bool)
+        masked1[:length] = view1
+        masked2 = ~masked1 & ~block_start
+        masked2[length:] = False
+        input_ids[row, pad:prompt_width] = torch.tensor(example.prompt_ids)
+        for view, masked in enumerate((masked1, masked2)):
+            start = prompt_width + view * response_width
+            input_ids[row, start : start + response_width] = response.masked_fill(masked, spec.mask_token_id)
+        input_ids[row, prompt_width + VIEWS * response_width :] = response
+        # Pads neither attend nor are attended to; a pad row sees only itself (no empty softmax row).
+        real = torch.ones(width, dtype=torch.bool)
+        real[:pad] = False
+        for copy in range(VIEWS + 1):
+            start = prompt_width + copy * response_width
+            real[start + length : start + response_width] = False
+        attention[row] &= real[None, :] & real[:, None]
+        attention[row] |= eye & ~real[:, None]
+        positions[row] = (layout_positions - pad).clamp(min=0)
+        # Columns of the kept logits start at the prompt's last position (index 0).
+        clean_prev = VIEWS * response_width + response_index  # the clean token before j, for j > 0
+        view_prev = torch.where(masked1, 0, response_width) + response_index  # j - 1 in the view that masks j
+        index = torch.where(block_start, clean_prev, view_prev)
+        index[0] = 0
+        logit_index[row] = index
+        targets[row, :length] = response[:length]
+        weights[row, :length] = torch.tensor(example.weights)
+        segments[row, :length] = torch.tensor(example.segments)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention[:, None],
+        "position_ids": positions,
+        "logit_index": logit_index,
+        "targets": targets,
+        "weights": weights,
+        "segments": segments,
+        TOKENS_KEY: (weights != 0).sum(dim=1),
+    }
+
+
+def cft_loss_fn(mask_token_id: int):
+    """The CFT loss: weighted cross-entropy of every response token at its :func:`pack_batch` column."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        response_width = batch["targets"].shape[1]
+        # Logits from the prompt's last position to the end: N - P + 1 = 3R + 1 columns.
+        keep = (VIEWS + 1) * response_width + 1
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=keep,
+        ).logits  # (B, keep, V)
+        index = batch["logit_index"][..., None].expand(-1, -1, logits.shape[-1])
+        chosen = logits.gather(1, index).float()  # (B, R, V)
+        chosen = chosen.masked_fill(_column(chosen, mask_token_id), float("-inf"))
+        nll = F.cross_entropy(chosen.transpose(1, 2), batch["targets"], reduction="none")  # (B, R)
+        weights = batch["weights"]
+        loss = (nll * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+        extras: dict[str, Tensor] = {}
+        for name, segment in (("reasoning_loss", REASONING), ("answer_loss", ANSWER)):
+            mask = (batch["segments"] == segment) & (weights != 0)
+            extras[name] = (nll.detach() * mask).sum() / mask.sum().clamp_min(1)
+        return loss, extras
+
+    return loss_fn
+
+
+def _column(logits: Tensor, column: int) -> Tensor:
+    """A mask over ``logits``' last dim that is True only at ``column`` (the ``<|mask|>`` id)."""
+    flags = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    flags[column] = True
+    return flags

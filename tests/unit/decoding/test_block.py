@@ -1,0 +1,132 @@
+"""The parallel block decoder: commits respect tau, every block completes, the KV cache gives what
+recomputing the whole prefix gives, and a left-padded batch decodes as its rows do alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.config import ModelConfig
+from components.decoding.block import AUTOREGRESSIVE_STEP, generate_blocks
+from components.modeling import build_model, build_tokenizer
+from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion, training_layout
+
+SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
+TEXTS = [
+    "The history is mostly nail polish with repeat purchases and strong brand loyalty.",
+    "Candidates: creams, shampoos, mascara, eau de parfum; rank them for the user.",
+] * 5
+CONTENTS = ["Rank <s_a_1><s_b_2><s_c_3><s_d_0> for a nail polish buyer.", "Hi", "History: mascara, creams and shampoos."]
+BLOCK = 4
+MAX_NEW = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TEXTS, SID_TOKENS, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    ar = build_model(ModelConfig(preset="tiny", max_length=256), tokenizer, seed=0).eval()
+    return convert_to_block_diffusion(ar, tokenizer, BLOCK)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+        for c in CONTENTS
+    ]
+
+
+def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int) -> list[int]:
+    """Greedy block decoding with no cache: every step runs the prompt, the committed blocks and the
+    current block from scratch under the training layout's mask (clean stream, no views)."""
+    spec = block_diffusion_spec(model)
+    b, mask_id = spec.block_size, spec.mask_token_id
+    prompt = torch.tensor(prompt_ids)
+
+    def logits_of(response: list[int]) -> torch.Tensor:
+        allowed, positions = training_layout(len(prompt), len(response), b, views=0)
+        ids = torch.cat([prompt, torch.tensor(response, dtype=torch.long)])[None]
+        logits = model(input_ids=ids, attention_mask=allowed[None, None], position_ids=positions[None]).logits[0]
+        logits[:, mask_id] = float("-inf")
+        return logits
+
+    with torch.no_grad():
+        response: list[int] = []
+        first = int(model(input_ids=prompt[None]).logits[0, -1].masked_fill(
+            torch.arange(model.config.vocab_size) == mask_id, float("-inf")).argmax())
+        while len(response) < max_new:
+            block = [first] + [mask_id] * (b - 1)
+            while mask_id in block:
+                probs = logits_of(response + block)[-b:-1].softmax(-1)  # token shift: rows predict 1..b-1
+                confidence, choice = probs.max(-1)
+                open_slots = [i for i in range(1, b) if block[i] == mask_id]
+                chosen = {i for i in open_slots if confidence[i - 1] >= threshold} if threshold < 1 else set()
+                chosen.add(max(open_slots, key=lambda i: float(confidence[i - 1])))
+                for i in chosen:
+                    block[i] = int(choice[i - 1])
+            response += block
+            first = int(logits_of(response)[-1].argmax())
+    return response[:max_new]
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.9, 0.05])
+def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts, threshold):
+    decoded = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=threshold, stop_token_ids=[])
+    reference = _recomputed_decode(model, tokenizer(prompts[0], add_special_tokens=False)["input_ids"], threshold, MAX_NEW)
+    assert decoded.token_ids[0] == reference
+
+
+def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts):
+    batch = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.9, stop_token_ids=[])
+    for i, prompt in enumerate(prompts):
+        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.9, stop_token_ids=[])
+        assert batch.token_ids[i] == alone.token_ids[0]
+        assert batch.commit_steps[i] == alone.commit_steps[0]
+
+
+@pytest.mark.parametrize("threshold", [0.9, 0.3, 0.02])
+def test_commits_respect_tau_and_every_block_completes(model, tokenizer, prompts, threshold):
+    out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[])
+    mask_id = block_diffusion_spec(model).mask_token_id
+    for ids, log_probs, steps in zip(out.token_ids, out.logprobs, out.commit_steps):
+        assert len(ids) == MAX_NEW and mask_id not in ids
+        for start in range(0, MAX_NEW, BLOCK):
+            block_steps = steps[start : start + BLOCK]
+            assert block_steps[0] == AUTOREGRESSIVE_STEP
+            assert all(0 <= s < BLOCK - 1 for s in block_steps[1:])
+            for step in set(block_steps[1:]):
+                committed = [lp for lp, s in zip(log_probs[start : start + BLOCK], block_steps) if s == step]
+                # Either a single (forced) commit, or every commit of the step reached tau.
+                below = [lp for lp in committed if torch.tensor(lp).exp() < threshold - 1e-6]
+                assert len(committed) == 1 or not below
+
+
+def test_tau_one_commits_one_token_per_step(model, tokenizer, prompts):
+    out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=1.0, stop_token_ids=[])
+    for steps, nfe in zip(out.commit_steps, out.sequence_forward_passes):
+        for start in range(0, MAX_NEW, BLOCK):
+            assert sorted(steps[start + 1 : start + BLOCK]) == list(range(BLOCK - 1))
+        blocks = MAX_NEW // BLOCK
+        # Prefill, (b - 1) denoising steps per block, a commit forward between blocks.
+        assert nfe == 1 + blocks * (BLOCK - 1) + (blocks - 1)
+    assert out.tokens_per_forward == pytest.approx(MAX_NEW / (1 + 4 * 3 + 3))
+
+
+def test_stop_token_ends_a_sequence(model, tokenizer, prompts):
+    free = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[])
+    stop = free.token_ids[0][5]
+    out = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[stop])
+    first_stop = free.token_ids[0].index(stop)
+    assert out.token_ids[0] == free.token_ids[0][: first_stop + 1]
+
+
+def test_block_size_one_and_bad_arguments_are_refused(model, tokenizer, prompts):
+    with pytest.raises(ValueError, match="threshold"):
+        generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.0)
+    ar = build_model(ModelConfig(preset="tiny", max_length=256), tokenizer, seed=0)
+    with pytest.raises(ValueError, match="convert"):
+        generate_blocks(ar, tokenizer, prompts, MAX_NEW)
