@@ -9,6 +9,8 @@ overrides, shows progress on stderr, and with ``--json`` prints exactly one JSON
     dgr2 train-teacher --config configs/tiny.yaml
     dgr2 convert --config configs/tiny.yaml
     dgr2 train-cft --config configs/tiny.yaml --json
+    dgr2 train-rl --config configs/tiny.yaml      # the whole recipe (make run)
+    dgr2 report --json
 """
 
 from __future__ import annotations
@@ -132,8 +134,38 @@ def convert(config: ConfigOption = None, overrides: SetOption = None, as_json: J
 
 @app.command("train-cft")
 def train_cft(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
-    """Conversion fine-tuning of the block-diffusion model, then the tau sweep and the speed comparison."""
+    """Recipe through conversion fine-tuning, then the tau sweep and the speed comparison."""
     _recipe_command(config, overrides, as_json, "cft")
+
+
+@app.command("train-opd")
+def train_opd(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """Recipe through on-policy distillation from the AR teacher, then the tau sweep and speed."""
+    _recipe_command(config, overrides, as_json, "opd")
+
+
+@app.command("train-rl")
+def train_rl(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """The whole recipe: teacher, conversion, CFT, OPD, RL; both result tables and the speed comparison."""
+    _recipe_command(config, overrides, as_json, "rl")
+
+
+@app.command()
+def report(config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """The latest recipe run's tables, model URIs and dataset version (nothing is trained)."""
+    from components.reporting import recipe_summary_markdown
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from components import storage
+        from components.storage import StorageError
+        from flows.recipe import latest_report_uri
+
+        uri = latest_report_uri(cfg)
+        if not storage.exists(uri):
+            raise StorageError(f"no recipe run has finished under {cfg.storage.artifact_root}; run `make run` (dgr2 train-rl) first")
+        return storage.read_json(uri)
+
+    _run_command(config, overrides, as_json, body, recipe_summary_markdown)
 
 
 if __name__ == "__main__":

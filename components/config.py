@@ -233,6 +233,36 @@ class RlConfig(StageTrainingConfig):
     invalid_reward: float = -1.0
     # DAPO drops the KL term; kept as a knob for comparison.
     kl_weight: float = Field(0.0, ge=0.0)
+    # Block-diffusion policies only: the decoding threshold tau of the rollouts (TraceRL and SDAR
+    # sample at 0.9).
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+
+
+class DiffusionRlConfig(RlConfig):
+    # The block-diffusion model's RL stage (Diffusion-GR2 section 6.5): G = 8, symmetric eps = 0.2,
+    # alpha = 0.2, constant LR, no warmup; the reward is the teacher's.
+    clip_high: float = Field(0.2, gt=0.0)
+    schedule: Literal["cosine", "linear", "constant"] | None = "constant"
+    warmup_steps: int | None = Field(0, ge=0)
+
+
+class OpdConfig(StageTrainingConfig):
+    # On-policy distillation of the block-diffusion student from the frozen AR teacher
+    # (Diffusion-GR2 section 6.4; paper.md). The student decodes samples_per_prompt trajectories
+    # per prompt with its production decoder at tau = threshold.
+    enabled: bool = True
+    samples_per_prompt: int = Field(4, ge=1)
+    # forward_kl: KL(teacher || student) over the vocabulary at every committed position (the
+    # paper's form). reverse_kl: the per-token advantage log p_T - log q_old in a clipped surrogate
+    # (the GR2 tech report's form, Thinking Machines' OPD).
+    objective: Literal["forward_kl", "reverse_kl"] = "forward_kl"
+    temperature: float = Field(1.0, gt=0.0)
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(320, ge=8)
+    # Train-split prompts OPD samples from (seeded); 0 = all. The paper runs one epoch.
+    max_prompts: int = Field(0, ge=0)
+    # Clip range of the reverse_kl surrogate.
+    clip: float = Field(0.2, gt=0.0, lt=1.0)
 
 
 class DiffusionConfig(_Section):
@@ -266,6 +296,8 @@ class Config(_Section):
     rl: RlConfig = RlConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     cft: CftConfig = CftConfig()
+    opd: OpdConfig = OpdConfig()
+    diffusion_rl: DiffusionRlConfig = DiffusionRlConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

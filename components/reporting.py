@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 FLOOR_METRICS = ("recall_at_1", "recall_at_3", "recall_at_5", "ndcg_at_3", "ndcg_at_5", "ndcg_at_10")
@@ -85,9 +86,69 @@ def teacher_summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def recipe_summary_markdown(summary: dict[str, Any]) -> str:
-    """The recipe's summary: floor, AR teacher and block-diffusion models on every evaluated slice,
-    the decode speed comparison, then stage facts."""
+    """The recipe's summary: table 1 (floor, AR teacher and every block-diffusion model at tau = 1)
+    on every evaluated slice, table 2 (the final model's tau sweep), the decode speed comparison,
+    then stage facts."""
     return _summary_markdown(summary, "Diffusion-GR2 recipe")
+
+
+def _speed_reference(speed: dict[str, Any]) -> dict[str, Any]:
+    """The speed comparison's largest batch (the serving regime), or {} when there is none."""
+    batches = sorted((k for k in speed if k.startswith("batch_")), key=lambda k: int(k.removeprefix("batch_")))
+    return speed[batches[-1]] if batches else {}
+
+
+def sweep_table(summary: dict[str, Any]) -> str:
+    """Table 2: the final model at each tau on the test split (all scored users), with the speedup
+    over AR from the speed comparison's largest batch."""
+    reference = _speed_reference(summary.get("speed", {}))
+    lines = [
+        "| decoder | Recall@1 | NDCG@3 | valid rate | tokens per forward | decode tokens/s | speedup vs AR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    teacher = summary["evaluations"].get("SFT+RL", summary["evaluations"].get("SFT"))
+    rows = ([("AR GR2", teacher, reference.get("ar"))] if teacher else []) + [
+        (f"{summary['final']} tau={tau}", report, reference.get(f"tau={float(tau)}")) for tau, report in summary["sweep"].items()
+    ]
+    for name, report, speed in rows:
+        test = report["test"]["all"]
+        speedup = f"{speed['speedup']:.2f}x" if speed and "speedup" in speed else ("1.00x" if speed else "-")
+        lines.append(
+            f"| {name} | {test['recall_at_1']['mean']:.4f} | {test['ndcg_at_3']['mean']:.4f} | {test['valid_rate']:.2%} | "
+            f"{report['test']['decode']['tokens_per_forward']:.2f} | {report['test']['decode']['decode_tokens_per_s']:,.0f} | {speedup} |"
+        )
+    return "\n".join(lines)
+
+
+def frontier_plot(summary: dict[str, Any], path: str | Path) -> Path:
+    """Recall@1 against decode tokens/s of the final model at each tau, the AR teacher marked; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = _speed_reference(summary["speed"])
+    points = [
+        (float(tau), report["test"]["all"]["recall_at_1"]["mean"], reference[f"tau={float(tau)}"]["decode_tokens_per_s"])
+        for tau, report in summary["sweep"].items()
+    ]
+    teacher = summary["evaluations"].get("SFT+RL", summary["evaluations"].get("SFT"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[2] for p in points], [p[1] for p in points], "o-", label=f"{summary['final']} (block diffusion)")
+    for tau, recall, speed in points:
+        ax.annotate(f"tau={tau:g}", (speed, recall), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.plot([reference["ar"]["decode_tokens_per_s"]], [teacher["test"]["all"]["recall_at_1"]["mean"]], "s", color="black", label="AR GR2")
+    ax.axhline(teacher["test"]["all"]["floor"]["recall_at_1"]["mean"], color="grey", linestyle="--", linewidth=1, label="pre-rank floor")
+    ax.set_xlabel(f"decode tokens/s ({summary['speed']['device']})")
+    ax.set_ylabel("test Recall@1")
+    ax.set_title("Accuracy-throughput frontier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def speed_table(speed: dict[str, Any]) -> str:
@@ -133,6 +194,8 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
                 + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items())
             )
         lines.append("")
+    if summary.get("sweep"):
+        lines += [f"## Threshold sweep of {summary['final']} (test)", "", sweep_table(summary), ""]
     if summary.get("speed"):
         lines += ["## Speed", "", speed_table(summary["speed"]), ""]
     lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]

@@ -1,11 +1,13 @@
-"""The ``recipe`` flow: data -> AR teacher -> block-diffusion conversion -> CFT, evaluated.
+"""The ``recipe`` flow: data -> AR teacher -> block-diffusion conversion -> CFT -> OPD -> RL, evaluated.
 
 The teacher's stages are the ``train-teacher`` flow's tasks; the diffusion stages add conversion,
-CFT and the AR-vs-block speed comparison, and the evaluation task decodes converted models at each
-threshold tau. Every task is cached on its stage's content-addressed output, so re-running an
-unchanged recipe trains nothing. ``until="convert"`` stops after the naive conversion's evaluation.
+CFT, OPD, RL and the AR-vs-block speed comparison, and the evaluation task decodes converted
+models at each threshold tau. Every task is cached on its stage's content-addressed output, so
+re-running an unchanged recipe trains nothing. ``until`` stops after an earlier stage. The summary
+is also written to ``<artifact_root>/reports/latest.json``, which ``dgr2 report`` prints.
 
-Run it with ``dgr2 train-cft`` (``dgr2 convert`` for the first half) or ``python -m flows.recipe``.
+Run it with ``dgr2 train-rl`` (``convert``, ``train-cft``, ``train-opd`` stop earlier) or
+``python -m flows.recipe``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,21 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from components import storage
 from components.config import Config
 from components.evaluation.speed import SPEED_STAGE, compare_speed
 from components.reporting import recipe_summary_markdown
-from components.training.diffusion import CFT_STAGE, CONVERT_STAGE, run_cft, run_convert, run_diffusion
+from components.training.diffusion import (
+    CFT_STAGE,
+    CONVERT_STAGE,
+    DIFFUSION_RL_STAGE,
+    OPD_STAGE,
+    run_cft,
+    run_convert,
+    run_diffusion,
+    run_diffusion_rl,
+    run_opd,
+)
 from components.training.teacher import run_teacher, training_inputs
 from flows.caching import output_cache_key, task_runner
 from flows.data import data_flow
@@ -58,20 +71,54 @@ def speed_task(cfg: dict[str, Any], student_uri: str, teacher_uri: str, dataset_
     return compare_speed(Config.model_validate(cfg), student_uri, teacher_uri, dataset_uri, sid_uri, examples_uri).to_dict()
 
 
-RECIPE_TASKS = TEACHER_TASKS | {"convert": convert_task, "cft": cft_task, "speed": speed_task}
+@task(
+    name="opd",
+    cache_key_fn=output_cache_key(
+        OPD_STAGE,
+        lambda p: training_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"]) | {"teacher": p["teacher_uri"]},
+    ),
+    persist_result=True,
+)
+def opd_task(cfg: dict[str, Any], model_uri: str, teacher_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
+    return run_opd(Config.model_validate(cfg), model_uri, teacher_uri, dataset_uri, sid_uri, examples_uri).to_dict()
+
+
+@task(
+    name="diffusion-rl",
+    cache_key_fn=output_cache_key(
+        DIFFUSION_RL_STAGE, lambda p: training_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"])
+    ),
+    persist_result=True,
+)
+def diffusion_rl_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
+    return run_diffusion_rl(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri).to_dict()
+
+
+RECIPE_TASKS = TEACHER_TASKS | {
+    "convert": convert_task,
+    "cft": cft_task,
+    "opd": opd_task,
+    "diffusion_rl": diffusion_rl_task,
+    "speed": speed_task,
+}
+
+
+def latest_report_uri(cfg: Config) -> str:
+    """Where the last recipe run's summary is kept (``dgr2 report`` reads it)."""
+    return storage.join(cfg.storage.artifact_root, "reports", "latest.json")
 
 
 @flow(name="recipe", log_prints=True)
-def recipe_flow(cfg: dict[str, Any], until: str = "cft") -> dict[str, Any]:
-    """Train the AR teacher, convert it to block diffusion and fine-tune it; evaluate every model.
+def recipe_flow(cfg: dict[str, Any], until: str = "rl") -> dict[str, Any]:
+    """Train the AR teacher, convert it to block diffusion, then CFT, OPD and RL; evaluate every model.
 
     Args:
         cfg: the resolved config (``Config.model_dump(mode="json")``).
-        until: ``"convert"`` stops after the naive conversion, ``"cft"`` runs CFT and the tau sweep.
+        until: the last stage: ``"convert"``, ``"cft"``, ``"opd"`` or ``"rl"``.
 
     Returns:
-        The summary: dataset version, model URIs, evaluations (teacher, naive, CFT per tau), the
-        speed comparison, and per-stage timings and facts.
+        The summary: dataset version, model URIs, tau = 1 evaluations of every model (teacher
+        included), the final model's tau sweep and speed comparison, and per-stage timings and facts.
     """
     started = time.perf_counter()
     config = Config.model_validate(cfg)
@@ -85,14 +132,18 @@ def recipe_flow(cfg: dict[str, Any], until: str = "cft") -> dict[str, Any]:
     )
     summary = {
         "dataset_version": data["dataset_version"],
+        "until": until,
         "teacher_model_uri": teacher_uri,
         "models": teacher["models"] | diffusion["models"],
         "evaluations": teacher["evaluations"] | diffusion["evaluations"],
+        "final": diffusion["final"],
+        "sweep": diffusion["sweep"],
         "speed": diffusion["speed"],
         "stages": teacher["stages"] | diffusion["stages"],
         "stage_metrics": teacher["stage_metrics"] | diffusion["stage_metrics"],
         "seconds": round(time.perf_counter() - started, 2),
     }
+    storage.write_json(latest_report_uri(config), summary)
     create_markdown_artifact(
         markdown=recipe_summary_markdown(summary), key="recipe-summary", description="AR teacher vs block-diffusion models"
     )

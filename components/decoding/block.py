@@ -41,6 +41,13 @@ class BlockGeneration(Generation):
     commit_steps: list[list[int]]
     # Per sequence, the forwards it took part in (prefill, denoising steps, block commits).
     sequence_forward_passes: list[int]
+    # Per sequence, every decoded block whole (``token_ids`` is cut after the first stop token):
+    # what follows the stop in its block, committed or left as padding, is part of the states the
+    # tokens before it were committed from, so replaying a trajectory needs it.
+    block_token_ids: list[list[int]]
+    # The commit step of each of those tokens; padding placed after a stop token takes the step
+    # at which the stop was committed.
+    block_commit_steps: list[list[int]]
 
     @property
     def tokens_per_forward(self) -> float:
@@ -66,8 +73,9 @@ def _decode_batch(
     stop_ids: torch.Tensor,
     pad_id: int,
     cache_argument: str,
-) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[int], int]:
-    """Decode one batch; returns (token ids, log-probs, commit steps, NFE per sequence, forwards)."""
+) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[int], int, list[list[int]], list[list[int]]]:
+    """Decode one batch; returns (token ids, log-probs, commit steps, NFE per sequence, forwards,
+    whole-block token ids, whole-block commit steps)."""
     device = stop_ids.device
     b, mask_id = spec.block_size, spec.mask_token_id
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
@@ -121,7 +129,9 @@ def _decode_batch(
             # Once a stop token is committed, what follows it in the block is not part of the answer.
             stopped = torch.isin(block, stop_ids).long().cummax(dim=1).values.bool()  # (B, b)
             after_stop = stopped & ~torch.isin(block, stop_ids)
-            block = block.masked_fill(after_stop & (block == mask_id), pad_id)
+            filled = after_stop & (block == mask_id)
+            block = block.masked_fill(filled, pad_id)
+            block_steps = block_steps.masked_fill(filled, step)
             step += 1
         span = slice(k * b, (k + 1) * b)
         tokens[:, span], log_probs[:, span], steps[:, span] = block, block_log_probs, block_steps
@@ -139,10 +149,14 @@ def _decode_batch(
 
     stop_set = set(stop_ids.tolist())
     token_rows, log_prob_rows, step_rows = tokens.tolist(), log_probs.tolist(), steps.tolist()
+    block_rows, block_step_rows = [], []
     for i, row in enumerate(token_rows):
         end = next((t + 1 for t, token in enumerate(row) if token in stop_set), min(len(row), max_new_tokens))
+        block_end = -(-end // b) * b
+        block_rows.append(row[:block_end])
+        block_step_rows.append(step_rows[i][:block_end])
         token_rows[i], log_prob_rows[i], step_rows[i] = row[:end], log_prob_rows[i][:end], step_rows[i][:end]
-    return token_rows, log_prob_rows, step_rows, nfe.tolist(), forwards
+    return token_rows, log_prob_rows, step_rows, nfe.tolist(), forwards, block_rows, block_step_rows
 
 
 @torch.inference_mode()
@@ -204,10 +218,12 @@ def generate_blocks(
     logprobs: list[list[float]] = []
     commit_steps: list[list[int]] = []
     sequence_nfe: list[int] = []
+    block_ids: list[list[int]] = []
+    block_steps: list[list[int]] = []
     forward_passes = 0
     try:
         for first in range(0, len(prompt_ids), batch_size):
-            rows, row_log_probs, row_steps, row_nfe, forwards = _decode_batch(
+            rows, row_log_probs, row_steps, row_nfe, forwards, row_blocks, row_block_steps = _decode_batch(
                 model,
                 prompt_ids[first : first + batch_size],
                 spec,
@@ -225,11 +241,13 @@ def generate_blocks(
             commit_steps += row_steps
             sequence_nfe += row_nfe
             forward_passes += forwards
+            block_ids += row_blocks
+            block_steps += row_block_steps
     finally:
         model.train(was_training)
     stop_set = set(stops)
     bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
     texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
     return BlockGeneration(
-        texts, token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe
+        texts, token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe, block_ids, block_steps
     )

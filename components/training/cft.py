@@ -28,7 +28,8 @@ from components.modeling.block_diffusion import BlockDiffusionSpec, padded_lengt
 from components.training.loop import TOKENS_KEY
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample
 
-VIEWS = 2
+# Source of a token supervised from the clean stream (a block's first token) rather than a view.
+CLEAN = -1
 
 
 @dataclass(frozen=True)
@@ -84,20 +85,37 @@ def complementary_mask(response_length: int, block_size: int, eps: float, genera
     return masked
 
 
+def complementary_views(view1: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """The two CFT views of a :func:`complementary_mask` and which stream supervises each token.
+
+    Returns:
+        ``(masked (2, R) bool, source (R,) long)``: ``source`` is the view that masks a token, or
+        ``CLEAN`` for block-start tokens (predicted from the clean previous block).
+    """
+    start = torch.zeros_like(view1)
+    start[::block_size] = True
+    masked = torch.stack([view1, ~view1 & ~start])
+    source = torch.where(start, CLEAN, torch.where(view1, 0, 1))
+    return masked, source
+
+
 def pack_batch(
     examples: Sequence[DiffusionExample],
-    view_masks: Sequence[Tensor],
+    views: Sequence[tuple[Tensor, Tensor]],
     spec: BlockDiffusionSpec,
     pad_id: int,
 ) -> dict[str, Tensor]:
-    """Pack examples into the two-view training layout, prompts left-padded to a common length.
+    """Pack examples into the training layout ``[prompt | view 1 .. view V | clean response]``.
 
-    Left-padding the prompts and filling every response to the batch's longest puts each row's
-    response at the same columns, so the logits read by the loss are one slice for the whole batch.
+    Prompts are left-padded to a common length and responses filled to the batch's longest, so
+    each row's response sits at the same columns and the logits the loss reads are one slice for
+    the whole batch. Rows with fewer views get views with nothing masked, which nothing reads.
 
     Args:
         examples: the batch's examples.
-        view_masks: per example, view 1's (R_i,) mask from :func:`complementary_mask`.
+        views: per example, ``(masked (V_i, R_i) bool, source (R_i,) long)``: which response
+            tokens each view hides, and the view whose logits supervise each token (``CLEAN``:
+            the clean stream, i.e. the previous block as committed).
         spec: block size and mask token id.
         pad_id: the id of padding (never attended to, never supervised).
 
@@ -105,12 +123,12 @@ def pack_batch(
         ``input_ids`` (B, N), ``attention_mask`` (B, 1, N, N) bool, ``position_ids`` (B, N),
         ``logit_index`` (B, R): for every response token, the column (counted from the prompt's
         last position) whose logits predict it; ``targets``, ``weights``, ``segments`` (B, R); and
-        ``num_tokens`` (B,). N = P + 3R.
+        ``num_tokens`` (B,). N = P + (V + 1) R.
     """
-    block = spec.block_size
     prompt_width = max(len(e.prompt_ids) for e in examples)
     response_width = max(len(e.response_ids) for e in examples)
-    allowed, layout_positions = training_layout(prompt_width, response_width, block, VIEWS)
+    num_views = max(masked.shape[0] for masked, _ in views)
+    allowed, layout_positions = training_layout(prompt_width, response_width, spec.block_size, num_views)
     width = allowed.shape[0]
     batch = len(examples)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -121,35 +139,36 @@ def pack_batch(
     segments = torch.full((batch, response_width), PROMPT, dtype=torch.long)
     logit_index = torch.zeros((batch, response_width), dtype=torch.long)
     response_index = torch.arange(response_width)
-    block_start = response_index % block == 0
     eye = torch.eye(width, dtype=torch.bool)
-    for row, (example, view1) in enumerate(zip(examples, view_masks)):
+    clean_start = prompt_width + num_views * response_width
+    for row, (example, (masked, source)) in enumerate(zip(examples, views)):
         pad = prompt_width - len(example.prompt_ids)
         length = len(example.response_ids)
         response = torch.full((response_width,), pad_id, dtype=torch.long)
         response[:length] = torch.tensor(example.response_ids)
-        masked1 = torch.zeros(response_width, dtype=torch.bool)
-        masked1[:length] = view1
-        masked2 = ~masked1 & ~block_start
-        masked2[length:] = False
         input_ids[row, pad:prompt_width] = torch.tensor(example.prompt_ids)
-        for view, masked in enumerate((masked1, masked2)):
+        for view in range(num_views):
+            hidden = torch.zeros(response_width, dtype=torch.bool)
+            if view < masked.shape[0]:
+                hidden[:length] = masked[view]
             start = prompt_width + view * response_width
-            input_ids[row, start : start + response_width] = response.masked_fill(masked, spec.mask_token_id)
-        input_ids[row, prompt_width + VIEWS * response_width :] = response
+            input_ids[row, start : start + response_width] = response.masked_fill(hidden, spec.mask_token_id)
+        input_ids[row, clean_start:] = response
         # Pads neither attend nor are attended to; a pad row sees only itself (no empty softmax row).
         real = torch.ones(width, dtype=torch.bool)
         real[:pad] = False
-        for copy in range(VIEWS + 1):
+        for copy in range(num_views + 1):
             start = prompt_width + copy * response_width
             real[start + length : start + response_width] = False
         attention[row] &= real[None, :] & real[:, None]
         attention[row] |= eye & ~real[:, None]
         positions[row] = (layout_positions - pad).clamp(min=0)
-        # Columns of the kept logits start at the prompt's last position (index 0).
-        clean_prev = VIEWS * response_width + response_index  # the clean token before j, for j > 0
-        view_prev = torch.where(masked1, 0, response_width) + response_index  # j - 1 in the view that masks j
-        index = torch.where(block_start, clean_prev, view_prev)
+        # Column 0 of the kept logits is the prompt's last position: token j of view v is predicted
+        # at column v * R + j (position j - 1 of that view), token j of the clean stream at
+        # V * R + j; the first response token at column 0.
+        stream = torch.full((response_width,), num_views, dtype=torch.long)
+        stream[:length] = torch.where(source == CLEAN, num_views, source)
+        index = stream * response_width + response_index
         index[0] = 0
         logit_index[row] = index
         targets[row, :length] = response[:length]
@@ -164,25 +183,35 @@ def pack_batch(
         "weights": weights,
         "segments": segments,
         TOKENS_KEY: (weights != 0).sum(dim=1),
+        # A 0-d tensor: the same for every row, so it is not split across DDP ranks.
+        "prompt_width": torch.tensor(prompt_width),
     }
+
+
+def response_logits(model: nn.Module, batch: dict[str, Tensor], mask_token_id: int) -> Tensor:
+    """The logits that predict every response token of a :func:`pack_batch` batch, float32, with the
+    ``<|mask|>`` column at -inf (it is never a prediction, as in the decoder).
+
+    Returns:
+        (B, R, V).
+    """
+    # Logits from the prompt's last position to the end: N - P + 1 columns, column 0 at P - 1.
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=batch["input_ids"].shape[1] - int(batch["prompt_width"]) + 1,
+    ).logits  # (B, N - P + 1, V)
+    index = batch["logit_index"][..., None].expand(-1, -1, logits.shape[-1])
+    chosen = logits.gather(1, index).float()
+    return chosen.masked_fill(_column(chosen, mask_token_id), float("-inf"))
 
 
 def cft_loss_fn(mask_token_id: int):
     """The CFT loss: weighted cross-entropy of every response token at its :func:`pack_batch` column."""
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        response_width = batch["targets"].shape[1]
-        # Logits from the prompt's last position to the end: N - P + 1 = 3R + 1 columns.
-        keep = (VIEWS + 1) * response_width + 1
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            logits_to_keep=keep,
-        ).logits  # (B, keep, V)
-        index = batch["logit_index"][..., None].expand(-1, -1, logits.shape[-1])
-        chosen = logits.gather(1, index).float()  # (B, R, V)
-        chosen = chosen.masked_fill(_column(chosen, mask_token_id), float("-inf"))
+        chosen = response_logits(model, batch, mask_token_id)  # (B, R, V)
         nll = F.cross_entropy(chosen.transpose(1, 2), batch["targets"], reduction="none")  # (B, R)
         weights = batch["weights"]
         loss = (nll * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)

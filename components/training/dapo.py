@@ -84,7 +84,8 @@ def dapo_loss(
         new_logprobs: (B, T) log-probs of the sampled tokens under the current policy; the only
             input gradients flow to.
         old_logprobs: (B, T) log-probs under the policy that sampled the rollouts.
-        advantages: (B,) one advantage per rollout, broadcast over its tokens.
+        advantages: (B,) one advantage per rollout, broadcast over its tokens, or (B, T) one per
+            token (on-policy distillation's per-token teacher signal).
         mask: (B, T) 1 for completion tokens that count, 0 for prompt and padding.
         clip_low: epsilon_low; the ratio is clipped below at 1 - clip_low.
         clip_high: epsilon_high; the ratio is clipped above at 1 + clip_high.
@@ -102,8 +103,8 @@ def dapo_loss(
     shape = new_logprobs.shape
     if new_logprobs.dim() != 2 or old_logprobs.shape != shape or mask.shape != shape:
         raise ValueError("new_logprobs, old_logprobs and mask must share one (B, T) shape")
-    if advantages.shape != shape[:1]:
-        raise ValueError(f"advantages must be ({shape[0]},), got {tuple(advantages.shape)}")
+    if advantages.shape not in (shape[:1], shape):
+        raise ValueError(f"advantages must be ({shape[0]},) or {tuple(shape)}, got {tuple(advantages.shape)}")
     if kl_weight > 0 and (ref_logprobs is None or ref_logprobs.shape != shape):
         raise ValueError("kl_weight > 0 needs ref_logprobs of shape (B, T)")
 
@@ -115,7 +116,8 @@ def dapo_loss(
     # -inf log-probs; zeroing its log-ratio before exp keeps NaN out of the loss and gradients.
     log_ratio = torch.where(valid, new_logprobs - old_logprobs.detach(), 0.0)
     ratio = torch.exp(log_ratio)
-    adv = advantages.detach().to(new_logprobs.dtype).unsqueeze(1)
+    adv = advantages.detach().to(new_logprobs.dtype)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     objective = torch.minimum(unclipped, clipped)

@@ -1,11 +1,13 @@
-"""The block-diffusion stages: AR -> block-diffusion conversion, then conversion fine-tuning (CFT).
+"""The block-diffusion stages: conversion, conversion fine-tuning (CFT), on-policy distillation
+(OPD) and RL (Diffusion-GR2 section 6).
 
 Conversion copies the AR teacher one-to-one and records the block size and mask token on the
 model config (``components.modeling.block_diffusion``); nothing is trained, so the naive model
 shows what the attention change alone does. CFT trains it with the masked block-diffusion
-objective (``components.training.cft``) on the same accepted traces as SFT, in the shared loop.
-:func:`run_diffusion` is the stage sequence after the teacher: convert, evaluate the naive model,
-CFT, evaluate at every threshold, and compare decode speed with the AR teacher.
+objective (``components.training.cft``) on the same accepted traces as SFT. OPD distils the
+frozen teacher into it on its own trajectories (``components.training.opd``), and RL runs DAPO
+with the teacher's reward on replayed trajectories (``components.training.rl``). All of them use
+the shared loop. :func:`run_diffusion` is the stage sequence after the teacher.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from components.modeling.block_diffusion import block_diffusion_spec, convert_to
 from components.modeling.factory import load_model, save_model
 from components.prompts.render import ItemCatalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.training.cft import complementary_mask, cft_loss_fn, diffusion_example, pack_batch
+from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch
 from components.training.loop import BatchFn, LossFn, batch_indices, derive_seed
+from components.training.opd import opd_loss_fn
+from components.training.rl import block_policy, dapo_loss_fn, frozen_copy
 from components.training.teacher import (
     TEACHER_STAGE_FUNCTIONS,
     StageRunner,
     encoded_traces,
+    prompt_stage,
     summarize_stages,
     train_stage,
     training_inputs,
@@ -39,9 +44,18 @@ _DIFFUSION_CODE = (
     "components/training/diffusion",
     "components/training/loop",
     "components/training/sft",
+    "components/training/replay",
+    "components/training/opd",
+    "components/training/rl",
+    "components/training/dapo",
+    "components/training/reward",
+    "components/training/logprobs",
+    "components/decoding",
 )
 CONVERT_STAGE = StageSpec("convert", ("diffusion",), _DIFFUSION_CODE)
 CFT_STAGE = StageSpec("cft", ("cft", "training", "sft", "prompts", "model"), _DIFFUSION_CODE)
+OPD_STAGE = StageSpec("opd", ("opd", "training", "prompts"), _DIFFUSION_CODE)
+DIFFUSION_RL_STAGE = StageSpec("diffusion_rl", ("diffusion_rl", "training", "prompts"), _DIFFUSION_CODE)
 
 
 def run_convert(cfg: Config, model_uri: str) -> StageResult:
@@ -90,16 +104,65 @@ def run_cft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
             rows = [examples[i] for i in batch_indices(len(examples), training.batch_size, index, training.seed).tolist()]
             # The masks are a pure function of the batch index, so a resumed run draws the same ones.
             generator = torch.Generator().manual_seed(derive_seed(training.seed, "cft-mask", index))
-            masks = [complementary_mask(len(r.response_ids), spec.block_size, cfg.cft.mask_eps, generator) for r in rows]
-            return pack_batch(rows, masks, spec, tokenizer.pad_token_id)
+            views = [
+                complementary_views(complementary_mask(len(r.response_ids), spec.block_size, cfg.cft.mask_eps, generator), spec.block_size)
+                for r in rows
+            ]
+            return pack_batch(rows, views, spec, tokenizer.pad_token_id)
 
         return batches, cft_loss_fn(spec.mask_token_id)
 
     return train_stage(cfg, CFT_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, traces_uri), build)
 
 
-# Every stage of the recipe so far, by name (see components.training.teacher.StageRunner).
-RECIPE_STAGE_FUNCTIONS = TEACHER_STAGE_FUNCTIONS | {"convert": run_convert, "cft": run_cft, "speed": compare_speed}
+def run_opd(cfg: Config, model_uri: str, teacher_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+    """On-policy distillation of the CFT model from the frozen AR teacher.
+
+    ``batch_size`` counts prompts; each brings ``opd.samples_per_prompt`` trajectories.
+
+    Args:
+        cfg: run config (``cfg.opd`` over ``cfg.training``).
+        model_uri: the CFT model (the student).
+        teacher_uri: the AR teacher (SFT+RL, or SFT when RL is off).
+        dataset_uri, sid_uri, examples_uri: the data flow's outputs (prompts from the train split).
+
+    Returns:
+        ``outputs``: ``model_uri``; ``metrics``: prompts, final loss, the last logged teacher NLL
+        and tokens per forward, tokens/s, wall time.
+    """
+    teacher, _, _ = load_model(storage.fetch_dir(teacher_uri, cfg.storage.work_dir))
+    teacher = frozen_copy(teacher.to("cuda" if torch.cuda.is_available() else "cpu"))
+    inputs = training_inputs(model_uri, dataset_uri, sid_uri, examples_uri) | {"teacher": teacher_uri}
+    return prompt_stage(
+        cfg, OPD_STAGE, cfg.opd, inputs, lambda model, tokenizer, prompts: opd_loss_fn(tokenizer, prompts, teacher, model, cfg.opd)
+    )
+
+
+def run_diffusion_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
+    """DAPO of the block-diffusion model (from OPD, or CFT when OPD is off) with the teacher's reward.
+
+    Returns:
+        ``outputs``: ``model_uri``; ``metrics``: as the teacher's RL stage.
+    """
+    rl_cfg = cfg.diffusion_rl
+
+    def make_loss(model: Any, tokenizer: Any, prompts: list[Any]) -> LossFn:
+        policy = block_policy(tokenizer, model, rl_cfg.temperature, rl_cfg.top_p, rl_cfg.threshold, rl_cfg.max_new_tokens)
+        return dapo_loss_fn(tokenizer, prompts, rl_cfg, policy, frozen_copy(model) if rl_cfg.kl_weight > 0 else None)
+
+    return prompt_stage(cfg, DIFFUSION_RL_STAGE, rl_cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), make_loss)
+
+
+# Every stage of the recipe, by name (see components.training.teacher.StageRunner).
+RECIPE_STAGE_FUNCTIONS = TEACHER_STAGE_FUNCTIONS | {
+    "convert": run_convert,
+    "cft": run_cft,
+    "opd": run_opd,
+    "diffusion_rl": run_diffusion_rl,
+    "speed": compare_speed,
+}
+# How far ``run_diffusion`` goes.
+UNTIL = ("convert", "cft", "opd", "rl")
 
 
 def run_diffusion(
@@ -110,29 +173,48 @@ def run_diffusion(
     examples_uri: str,
     traces_uri: str,
     run: StageRunner,
-    until: str = "cft",
+    until: str = "rl",
 ) -> dict[str, Any]:
-    """Convert the teacher, evaluate the naive model (tau = 1), then (unless ``until="convert"``)
-    CFT, evaluate at every threshold, and compare decode speed with the teacher.
+    """Convert the teacher, then CFT, OPD and RL as far as ``until``; evaluate every model at
+    tau = 1 (the papers' table 1), the last one at every ``evaluation.thresholds`` value (table 2),
+    and compare its decode speed with the teacher's.
+
+    ``opd.enabled`` / ``diffusion_rl.enabled`` skip those stages.
 
     Returns:
-        ``models`` (label -> URI), ``evaluations`` (label -> report; labels carry tau), ``speed``
-        (empty when stopped after conversion), and :func:`summarize_stages`' entries.
+        ``models`` (label -> URI), ``evaluations`` (label -> tau = 1 report), ``sweep`` (tau ->
+        report of the final model), ``final`` (its label), ``speed`` (empty after conversion only),
+        and :func:`summarize_stages`' entries.
     """
-    if until not in ("convert", "cft"):
-        raise ValueError(f"until must be 'convert' or 'cft', got {until!r}")
+    if until not in UNTIL:
+        raise ValueError(f"until must be one of {UNTIL}, got {until!r}")
+    data = (dataset_uri, sid_uri, examples_uri)
     stages: dict[str, dict[str, Any]] = {}
-    stages["convert"] = run("convert", "convert", teacher_uri)
-    models = {"naive conversion": stages["convert"]["outputs"]["model_uri"]}
-    stages["evaluate naive"] = run("evaluate naive", "evaluate", models["naive conversion"], dataset_uri, sid_uri, examples_uri, "1.0")
-    evaluations = {"naive conversion (tau=1.0)": stages["evaluate naive"]["metrics"]}
-    if until == "convert":
-        return {"models": models, "evaluations": evaluations, "speed": {}} | summarize_stages(stages)
-    stages["cft"] = run("cft", "cft", models["naive conversion"], dataset_uri, sid_uri, traces_uri)
-    models["CFT"] = stages["cft"]["outputs"]["model_uri"]
-    for tau in cfg.evaluation.thresholds:
-        label = f"CFT (tau={tau})"
-        stages[f"evaluate {label}"] = run(f"evaluate {label}", "evaluate", models["CFT"], dataset_uri, sid_uri, examples_uri, str(tau))
-        evaluations[label] = stages[f"evaluate {label}"]["metrics"]
-    stages["speed"] = run("speed", "speed", models["CFT"], teacher_uri, dataset_uri, sid_uri, examples_uri)
-    return {"models": models, "evaluations": evaluations, "speed": stages["speed"]["metrics"]} | summarize_stages(stages)
+    models: dict[str, str] = {}
+    evaluations: dict[str, Any] = {}
+
+    def evaluate(label: str, tau: float) -> dict[str, Any]:
+        name = f"evaluate {label} (tau={tau})"
+        stages[name] = run(name, "evaluate", models[label], *data, str(tau))
+        return stages[name]["metrics"]
+
+    def add(label: str, stage: str, *inputs: str) -> None:
+        stages[stage] = run(stage, stage, *inputs)
+        models[label] = stages[stage]["outputs"]["model_uri"]
+        evaluations[label] = evaluate(label, 1.0)
+
+    add("naive conversion", "convert", teacher_uri)
+    if until != "convert":
+        add("CFT", "cft", models["naive conversion"], dataset_uri, sid_uri, traces_uri)
+    if until in ("opd", "rl") and cfg.opd.enabled:
+        add("CFT+OPD", "opd", models["CFT"], teacher_uri, *data)
+    if until == "rl" and cfg.diffusion_rl.enabled:
+        add(f"{list(models)[-1]}+RL", "diffusion_rl", models[list(models)[-1]], *data)
+    final = list(models)[-1]
+    sweep: dict[str, Any] = {}
+    speed: dict[str, Any] = {}
+    if final != "naive conversion":
+        sweep = {str(tau): evaluations[final] if tau == 1.0 else evaluate(final, tau) for tau in cfg.evaluation.thresholds}
+        stages["speed"] = run("speed", "speed", models[final], teacher_uri, *data)
+        speed = stages["speed"]["metrics"]
+    return {"models": models, "evaluations": evaluations, "sweep": sweep, "final": final, "speed": speed} | summarize_stages(stages)

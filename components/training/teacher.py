@@ -33,7 +33,7 @@ from components.traces.analyst import training_interactions
 from components.traces.build import build_traces, read_traces
 from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
 from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
-from components.training.rl import dapo_loss_fn, frozen_copy, rerank_prompts
+from components.training.rl import RerankPrompt, ar_policy, dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
 
 # The modules a teacher stage runs; the diffusion stages' modules are left out so that changing
@@ -214,20 +214,40 @@ def run_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples
         ``outputs``: ``model_uri``; ``metrics``: prompts, final loss and the last logged reward,
         valid rate, copied-pre-rank rate and kept-group share.
     """
-    training = cfg.rl.training(cfg.training)
+    return prompt_stage(
+        cfg,
+        RL_STAGE,
+        cfg.rl,
+        training_inputs(model_uri, dataset_uri, sid_uri, examples_uri),
+        lambda model, tokenizer, prompts: dapo_loss_fn(
+            tokenizer, prompts, cfg.rl, ar_policy(tokenizer, cfg.rl), frozen_copy(model) if cfg.rl.kl_weight > 0 else None
+        ),
+    )
+
+
+def prompt_stage(
+    cfg: Config,
+    spec: StageSpec,
+    stage_cfg: Any,
+    inputs: dict[str, str],
+    make_loss: Callable[[Any, Any, list[RerankPrompt]], LossFn],
+) -> StageResult:
+    """A training stage on the policy's own rollouts (RL, OPD): each step takes ``batch_size``
+    training prompts (``stage_cfg.max_prompts`` drawn from the train split of ``inputs["data"]``)
+    and ``make_loss(model, tokenizer, prompts)`` samples and scores them."""
+    training = stage_cfg.training(cfg.training)
 
     def build(model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
-        examples = split_examples(read_examples(examples_uri, cfg.storage.work_dir), "train", cfg.rl.max_prompts, training.seed)
+        examples = split_examples(read_examples(inputs["data"], cfg.storage.work_dir), "train", stage_cfg.max_prompts, training.seed)
         prompts = rerank_prompts(tokenizer, examples, catalog, cfg.prompts)
         metrics.update(prompts=len(prompts))
-        reference = frozen_copy(model) if cfg.rl.kl_weight > 0 else None
 
         def batches(index: int) -> dict[str, Any]:
             return {"prompt_index": batch_indices(len(prompts), training.batch_size, index, training.seed)}
 
-        return batches, dapo_loss_fn(tokenizer, prompts, cfg.rl, reference)
+        return batches, make_loss(model, tokenizer, prompts)
 
-    return train_stage(cfg, RL_STAGE, training, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), build)
+    return train_stage(cfg, spec, training, inputs, build)
 
 
 # The teacher's stages by name; a StageRunner runs one of them on the config and input URIs.
@@ -251,6 +271,8 @@ _FACTS = {
     "rl": ("prompts", "steps", "tokens_per_s"),
     "convert": ("block_size", "parameters"),
     "cft": ("examples", "final_loss", "steps", "tokens_per_s"),
+    "opd": ("prompts", "final_loss", "steps", "tokens_per_s"),
+    "diffusion_rl": ("prompts", "steps", "tokens_per_s"),
 }
 
 

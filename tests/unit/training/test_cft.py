@@ -9,7 +9,9 @@ import torch
 from components.config import ModelConfig
 from components.modeling import build_model, build_tokenizer
 from components.modeling.block_diffusion import BlockDiffusionSpec
-from components.training.cft import VIEWS, cft_loss_fn, complementary_mask, diffusion_example, pack_batch
+from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch
+
+VIEWS = 2
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample, collate, weighted_lm_loss
 
 SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
@@ -49,7 +51,7 @@ def test_every_response_token_is_supervised_once_from_the_right_stream(tokenizer
     spec = _spec(tokenizer, 4)
     examples = [diffusion_example(_encoded(p, 6, 3, seed=p), 4, END_ID) for p in (5, 9)]
     generator = torch.Generator().manual_seed(0)
-    masks = [complementary_mask(len(e.response_ids), 4, 1e-3, generator) for e in examples]
+    masks = [complementary_views(complementary_mask(len(e.response_ids), 4, 1e-3, generator), 4) for e in examples]
     batch = pack_batch(examples, masks, spec, pad_id=0)
     prompt_width = max(len(e.prompt_ids) for e in examples)
     response_width = batch["targets"].shape[1]
@@ -74,7 +76,7 @@ def test_block_size_one_is_the_sft_loss(model, tokenizer):
     encoded = [_encoded(6, 5, 4, seed=1), _encoded(8, 3, 4, seed=2)]
     spec = _spec(tokenizer, 1)
     examples = [diffusion_example(e, 1, END_ID) for e in encoded]
-    masks = [complementary_mask(len(e.response_ids), 1, 1e-3, torch.Generator().manual_seed(0)) for e in examples]
+    masks = [complementary_views(complementary_mask(len(e.response_ids), 1, 1e-3, torch.Generator().manual_seed(0)), 1) for e in examples]
     with torch.no_grad():
         cft, _ = cft_loss_fn(spec.mask_token_id)(model, pack_batch(examples, masks, spec, pad_id=0))
         # The SFT loss never excludes the mask column; the untrained model gives it little mass.
@@ -85,7 +87,7 @@ def test_block_size_one_is_the_sft_loss(model, tokenizer):
 def test_left_padding_in_a_batch_changes_no_example(model, tokenizer):
     spec = _spec(tokenizer, 4)
     examples = [diffusion_example(_encoded(p, 7, 3, seed=p), 4, END_ID) for p in (4, 11)]
-    masks = [complementary_mask(len(e.response_ids), 4, 1e-3, torch.Generator().manual_seed(p)) for p, e in enumerate(examples)]
+    masks = [complementary_views(complementary_mask(len(e.response_ids), 4, 1e-3, torch.Generator().manual_seed(p)), 4) for p, e in enumerate(examples)]
     loss_fn = cft_loss_fn(spec.mask_token_id)
     with torch.no_grad():
         together, _ = loss_fn(model, pack_batch(examples, masks, spec, pad_id=0))

@@ -1,6 +1,10 @@
-"""DAPO's step for the AR re-ranker: rewards from the real reward, dynamic sampling, gradients."""
+"""DAPO's step for the AR and the block-diffusion re-ranker: rewards from the real reward, dynamic
+sampling, invalid rollouts kept in their group, gradients."""
 
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import pandas as pd
 import pytest
@@ -9,6 +13,7 @@ import torch
 from components.config import ModelConfig, PromptConfig, RlConfig
 from components.decoding import Generation
 from components.modeling import build_model, build_tokenizer
+from components.modeling.block_diffusion import convert_to_block_diffusion
 from components.modeling.tokenizer import IM_END
 from components.prompts.render import render_answer, render_messages
 from components.semantic_ids.format import all_sid_tokens
@@ -57,7 +62,7 @@ def test_a_group_with_reward_variance_gets_a_gradient(setup, monkeypatch):
     _fixed_rollouts(monkeypatch, model, tokenizer, [improve, copy, "not json", improve])
     cfg = RlConfig(group_size=4)
     model.zero_grad()
-    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg)(model, {"prompt_index": torch.tensor([0])})
+    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg, rl.ar_policy(tokenizer, cfg))(model, {"prompt_index": torch.tensor([0])})
     loss.backward()
     # Rewards: improve 3 -> 1 is +0.5 + 0.2 format; copy 0; invalid -1.
     assert extras["reward_mean"] == pytest.approx((0.7 + 0.0 - 1.0 + 0.7) / 4)
@@ -73,7 +78,8 @@ def test_a_group_without_reward_variance_is_dropped(setup, monkeypatch):
     catalog, tokenizer, model, prompts = setup
     _fixed_rollouts(monkeypatch, model, tokenizer, ["not json"])  # every rollout invalid: -1 each
     model.zero_grad()
-    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, RlConfig(group_size=4))(model, {"prompt_index": torch.tensor([0])})
+    cfg = RlConfig(group_size=4)
+    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg, rl.ar_policy(tokenizer, cfg))(model, {"prompt_index": torch.tensor([0])})
     loss.backward()
     assert extras["reward_mean"] == -1.0 and extras["kept_group_share"] == 0.0
     assert loss.item() == 0.0
@@ -84,7 +90,8 @@ def test_real_rollouts_of_an_untrained_policy(setup):
     """The real decoder end to end: random weights write no valid answer, so every group is dropped."""
     _catalog, tokenizer, model, prompts = setup
     torch.manual_seed(0)
-    loss_fn = rl.dapo_loss_fn(tokenizer, prompts, RlConfig(group_size=2, max_new_tokens=8))
+    cfg = RlConfig(group_size=2, max_new_tokens=8)
+    loss_fn = rl.dapo_loss_fn(tokenizer, prompts, cfg, rl.ar_policy(tokenizer, cfg))
     loss, extras = loss_fn(model, {"prompt_index": torch.tensor([0, 0])})
     assert extras["valid_rate"] == 0.0 and extras["kept_group_share"] == 0.0
     assert 0 < extras["mean_output_tokens"] <= 8
@@ -94,4 +101,31 @@ def test_real_rollouts_of_an_untrained_policy(setup):
 def test_kl_weight_needs_a_reference(setup):
     _catalog, tokenizer, _model, prompts = setup
     with pytest.raises(ValueError, match="reference"):
-        rl.dapo_loss_fn(tokenizer, prompts, RlConfig(kl_weight=0.1))
+        rl.dapo_loss_fn(tokenizer, prompts, RlConfig(kl_weight=0.1), rl.ar_policy(tokenizer, RlConfig()))
+
+
+def test_block_policy_keeps_invalid_rollouts_in_the_group_and_replays_on_policy(setup, monkeypatch):
+    """Real block-decoder rollouts of an untrained model are invalid (-1 each); one in two is scored
+    as a valid improvement here, so the group has variance: the invalid ones stay in it with -1,
+    and the replayed log-probs equal the decoder's (ratio 1)."""
+    _catalog, tokenizer, model, prompts = setup
+    student = convert_to_block_diffusion(copy.deepcopy(model), tokenizer, 4)
+    real_reward = rl.rerank_reward
+    calls = iter(range(1000))
+
+    def alternating(text, candidate_sids, target_sid, cfg):
+        scored = real_reward(text, candidate_sids, target_sid, cfg)
+        return dataclasses.replace(scored, reward=0.5) if next(calls) % 2 == 0 else scored
+
+    monkeypatch.setattr(rl, "rerank_reward", alternating)
+    cfg = RlConfig(group_size=4, max_new_tokens=12)
+    policy = rl.block_policy(tokenizer, student, temperature=1.0, top_p=1.0, threshold=0.3, max_new_tokens=12)
+    torch.manual_seed(0)
+    student.zero_grad()
+    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg, policy)(student, {"prompt_index": torch.tensor([0])})
+    loss.backward()
+    assert extras["reward_mean"] == pytest.approx((0.5 - 1.0) / 2)
+    assert extras["kept_group_share"] == 1.0 and extras["valid_rate"] == 0.0
+    assert extras["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert extras["tokens_per_forward"] > 0
+    assert _grad_norm(student) > 0

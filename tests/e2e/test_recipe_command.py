@@ -1,0 +1,103 @@
+"""The recipe's commands end to end on a slice of Beauty: ``dgr2 convert``, then ``dgr2 train-rl``
+(CFT, OPD, RL, the tau sweep and the speed comparison) reusing everything before, ``dgr2 report``,
+and a CFT change that re-runs CFT and everything after it, nothing before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import dgr2
+from tests.e2e.test_train_teacher_command import TEACHER_STAGES, _overrides
+
+THRESHOLDS = (1.0, 0.5)
+MODELS = ("CFT", "CFT+OPD", "CFT+OPD+RL")
+AFTER_CONVERSION = (
+    "cft",
+    "evaluate CFT (tau=1.0)",
+    "opd",
+    "evaluate CFT+OPD (tau=1.0)",
+    "diffusion_rl",
+    "evaluate CFT+OPD+RL (tau=1.0)",
+    "evaluate CFT+OPD+RL (tau=0.5)",
+    "speed",
+)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("recipe")
+
+
+def _recipe_overrides(beauty_slice: Path, workspace: Path) -> list[str]:
+    settings = {
+        "diffusion.block_size": 4,
+        "cft.max_steps": 3,
+        "cft.batch_size": 4,
+        "opd.max_steps": 2,
+        "opd.batch_size": 2,
+        "opd.samples_per_prompt": 2,
+        "opd.max_new_tokens": 16,
+        "diffusion_rl.max_steps": 2,
+        "diffusion_rl.batch_size": 2,
+        "diffusion_rl.group_size": 2,
+        "diffusion_rl.max_new_tokens": 16,
+        "evaluation.thresholds": f"[{', '.join(map(str, THRESHOLDS))}]",
+        "evaluation.speed_prompts_batch1": 2,
+        "evaluation.speed_prompts_batch16": 16,
+    }
+    return [*_overrides(beauty_slice, workspace), *(arg for k, v in settings.items() for arg in ("--set", f"{k}={v}"))]
+
+
+def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(beauty_slice: Path, workspace: Path):
+    overrides = _recipe_overrides(beauty_slice, workspace)
+    converted = dgr2(["convert", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    first = json.loads(converted.stdout)
+    assert tuple(first["stages"]) == (*TEACHER_STAGES, "convert", "evaluate naive conversion (tau=1.0)")
+    config = json.loads((Path(first["models"]["naive conversion"]) / "config.json").read_text())
+    assert config["bd_block_size"] == 4 and config["bd_token_shift"] is True
+    naive = first["evaluations"]["naive conversion"]["test"]
+    assert naive["all"]["n"] == 300 and 0.0 <= naive["all"]["valid_rate"] <= 1.0
+    # One token per step at tau = 1: a block of 4 takes 3 steps and a commit forward.
+    assert naive["decode"]["tokens_per_forward"] <= 1.0
+    assert first["sweep"] == {} and first["speed"] == {}
+
+    full = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
+    assert full.returncode == 0, full.stderr[-3000:]
+    summary = json.loads(full.stdout)
+    assert tuple(summary["stages"]) == (*first["stages"], *AFTER_CONVERSION)
+    assert {name for name, stage in summary["stages"].items() if not stage["cached"]} == set(AFTER_CONVERSION)
+    assert summary["final"] == "CFT+OPD+RL"
+    parents = {"CFT": "naive conversion", "CFT+OPD": "CFT", "CFT+OPD+RL": "CFT+OPD"}
+    for label, stage in zip(MODELS, ("cft", "opd", "diffusion_rl")):
+        meta = json.loads((Path(summary["models"][label]) / "dgr2_model.json").read_text())
+        assert meta["stage"] == stage and meta["parent_model_uri"] == summary["models"][parents[label]]
+        assert summary["evaluations"][label]["test"]["test_sample"]["n"] == 100
+    assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
+    assert set(summary["sweep"]) == {str(t) for t in THRESHOLDS}
+    for batch in ("batch_1", "batch_16"):
+        entries = summary["speed"][batch]
+        assert set(entries) == {"ar", *(f"tau={t}" for t in THRESHOLDS)}
+        assert entries["ar"]["tokens_per_forward"] == 1.0
+        assert all(entries[f"tau={t}"]["speedup"] > 0 for t in THRESHOLDS)
+
+    report = dgr2(["report", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
+    assert report.returncode == 0, report.stderr[-3000:]
+    latest = json.loads(report.stdout)
+    assert latest["models"] == summary["models"] and latest["dataset_version"] == summary["dataset_version"]
+    readable = dgr2(["report", "--config", "configs/tiny.yaml", *overrides], workspace)
+    assert "Threshold sweep of CFT+OPD+RL" in readable.stdout and "speedup vs AR" in readable.stdout
+
+    changed = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--set", "cft.mask_eps=0.01", "--json"], workspace)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    rerun = {name for name, stage in json.loads(changed.stdout)["stages"].items() if not stage["cached"]}
+    assert rerun == set(AFTER_CONVERSION)
+
+
+def test_report_before_any_run_names_the_missing_run(tmp_path: Path):
+    result = dgr2(["report", "--set", f"storage.artifact_root={tmp_path / 'artifacts'}", "--set", f"storage.work_dir={tmp_path / 'work'}"], tmp_path)
+    assert result.returncode == 2
+    assert "no recipe run has finished" in result.stderr
