@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dgr2 train-cft --config configs/$(PROFILE).yaml
+	$(BIN)/dgr2 train-rl --config configs/$(PROFILE).yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
