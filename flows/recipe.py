@@ -27,11 +27,13 @@ from components.training.diffusion import (
     CONVERT_STAGE,
     DIFFUSION_RL_STAGE,
     OPD_STAGE,
+    recipe_summary,
     run_cft,
     run_convert,
     run_diffusion,
     run_diffusion_rl,
     run_opd,
+    teacher_model,
 )
 from components.training.teacher import run_teacher, training_inputs
 from flows.caching import output_cache_key, task_runner
@@ -126,23 +128,12 @@ def recipe_flow(cfg: dict[str, Any], until: str = "rl") -> dict[str, Any]:
     outputs = data["outputs"]
     run = task_runner(RECIPE_TASKS, cfg, get_run_logger())
     teacher = run_teacher(config, outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], run)
-    teacher_uri = teacher["models"].get("SFT+RL", teacher["models"]["SFT"])
+    teacher_uri = teacher_model(teacher)
     diffusion = run_diffusion(
         config, teacher_uri, outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], teacher["traces_uri"], run, until
     )
-    summary = {
-        "dataset_version": data["dataset_version"],
-        "until": until,
-        "teacher_model_uri": teacher_uri,
-        "models": teacher["models"] | diffusion["models"],
-        "evaluations": teacher["evaluations"] | diffusion["evaluations"],
-        "final": diffusion["final"],
-        "sweep": diffusion["sweep"],
-        "speed": diffusion["speed"],
-        "stages": teacher["stages"] | diffusion["stages"],
-        "stage_metrics": teacher["stage_metrics"] | diffusion["stage_metrics"],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    summary = {"dataset_version": data["dataset_version"], "until": until} | recipe_summary(teacher, diffusion, teacher_uri)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
     storage.write_json(latest_report_uri(config), summary)
     create_markdown_artifact(
         markdown=recipe_summary_markdown(summary), key="recipe-summary", description="AR teacher vs block-diffusion models"

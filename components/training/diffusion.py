@@ -218,3 +218,23 @@ def run_diffusion(
         stages["speed"] = run("speed", "speed", models[final], teacher_uri, *data)
         speed = stages["speed"]["metrics"]
     return {"models": models, "evaluations": evaluations, "sweep": sweep, "final": final, "speed": speed} | summarize_stages(stages)
+
+
+def recipe_summary(teacher: dict[str, Any], diffusion: dict[str, Any], teacher_uri: str) -> dict[str, Any]:
+    """One summary of :func:`components.training.teacher.run_teacher` and :func:`run_diffusion`:
+    every model's tau = 1 evaluation side by side, the final model's sweep and speed, all stages."""
+    return {
+        "teacher_model_uri": teacher_uri,
+        "models": teacher["models"] | diffusion["models"],
+        "evaluations": teacher["evaluations"] | diffusion["evaluations"],
+        "final": diffusion["final"],
+        "sweep": diffusion["sweep"],
+        "speed": diffusion["speed"],
+        "stages": teacher["stages"] | diffusion["stages"],
+        "stage_metrics": teacher["stage_metrics"] | diffusion["stage_metrics"],
+    }
+
+
+def teacher_model(teacher: dict[str, Any]) -> str:
+    """The AR model the diffusion stages start from and distil: SFT+RL, or SFT when RL is off."""
+    return teacher["models"].get("SFT+RL", teacher["models"]["SFT"])

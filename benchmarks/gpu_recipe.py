@@ -1,19 +1,21 @@
-"""The small profile's AR teacher on full Beauty in one GPU call, from data prepared on this machine.
+"""The small profile's whole recipe on full Beauty in one GPU call, from data prepared on this machine.
 
 A lent GPU machine has PyTorch and transformers but not this project's orchestration stack, and it
 cannot download anything. So the data flow runs here, its three outputs (dataset version, SIDs,
-examples: a few MB) travel with the working tree, and the GPU runs the teacher's stages directly
-through the same ``run_teacher`` sequence the Prefect flow uses, returning tables, not weights.
+examples: a few MB) travel with the working tree, and the GPU runs the stages directly through
+the same ``run_teacher`` and ``run_diffusion`` sequences the Prefect flow uses, returning tables
+and the frontier plot, not weights. ``--until`` stops early (``teacher``, ``convert``, ``cft``,
+``opd``; default ``rl``, the whole recipe).
 
 Here, once per data change::
 
     make run                                            # or: dgr2 data --config configs/small.yaml
-    python benchmarks/gpu_teacher.py prepare --config configs/small.yaml
-    # pydantic is missing on the GPU image: carry its wheels (see benchmarks/gpu_teacher.sh)
+    python benchmarks/gpu_recipe.py prepare --config configs/small.yaml
+    # pydantic is missing on the GPU image: carry its wheels (see benchmarks/gpu_recipe.sh)
 
 On the device (one call, carry ``.dgr2/gpu`` and ``.whl``)::
 
-    bash benchmarks/gpu_teacher.sh                      # writes summary.json and teacher.md to $OUT
+    bash benchmarks/gpu_recipe.sh                       # writes summary.json, recipe.md, frontier.png to $OUT
 
 The same ``run`` subcommand works on a CPU for a dry run with smaller ``--set`` overrides.
 """
@@ -55,31 +57,41 @@ def prepare(config: str, overrides: list[str]) -> None:
     print(f"bundle ready in {BUNDLE}: " + ", ".join(bundled.values()))
 
 
-def run(config: str, overrides: list[str], out: Path) -> None:
-    """Run the teacher's stages on the bundled data and write the summary and tables to ``out``."""
+def run(config: str, overrides: list[str], out: Path, until: str) -> None:
+    """Run the recipe's stages on the bundled data and write the summary, tables and plot to ``out``."""
     import torch
 
-    from components.reporting import teacher_summary_markdown
+    from components.reporting import frontier_plot, recipe_summary_markdown, teacher_summary_markdown
+    from components.training.diffusion import RECIPE_STAGE_FUNCTIONS, recipe_summary, run_diffusion, teacher_model
     from components.training.teacher import direct_runner, run_teacher
 
     storage = [f"storage.artifact_root={BUNDLE / 'artifacts'}", f"storage.work_dir={BUNDLE / 'work'}"]
     cfg = load_config(config, storage + overrides)
     data = json.loads((BUNDLE / "data_outputs.json").read_text())
     started = time.perf_counter()
-    summary = run_teacher(cfg, data["dataset_uri"], data["sid_uri"], data["examples_uri"], direct_runner(cfg))
+    runner = direct_runner(cfg, RECIPE_STAGE_FUNCTIONS)
+    inputs = (data["dataset_uri"], data["sid_uri"], data["examples_uri"])
+    summary = run_teacher(cfg, *inputs, runner)
+    render = teacher_summary_markdown
+    if until != "teacher":
+        diffusion = run_diffusion(cfg, teacher_model(summary), *inputs, summary["traces_uri"], runner, until)
+        summary = recipe_summary(summary, diffusion, teacher_model(summary))
+        render = recipe_summary_markdown
     summary["dataset_version"] = Path(data["dataset_uri"]).name
     summary["seconds"] = round(time.perf_counter() - started, 1)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     header = [
-        f"- command: `python benchmarks/gpu_teacher.py run --config {config}"
+        f"- command: `python benchmarks/gpu_recipe.py run --config {config} --until {until}"
         + "".join(f" --set {item}" for item in overrides) + "`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d')}; device: {device}; torch {torch.__version__}",
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "teacher.md").write_text("\n".join(header) + teacher_summary_markdown(summary) + "\n")
-    print((out / "teacher.md").read_text())
+    (out / "recipe.md").write_text("\n".join(header) + render(summary) + "\n")
+    if summary.get("sweep") and summary.get("speed"):
+        frontier_plot(summary, out / "frontier.png")
+    print((out / "recipe.md").read_text())
 
 
 def main() -> None:
@@ -88,11 +100,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/small.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=BUNDLE / "results")
+    parser.add_argument("--until", choices=("teacher", "convert", "cft", "opd", "rl"), default="rl")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.config, args.overrides)
     else:
-        run(args.config, args.overrides, args.out)
+        run(args.config, args.overrides, args.out, args.until)
 
 
 if __name__ == "__main__":
