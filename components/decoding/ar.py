@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +132,64 @@ def choose_tokens(
         sample_from = _nucleus(scaled, top_p) if top_p < 1.0 else scaled
         tokens = torch.multinomial(sample_from.softmax(dim=-1), 1, generator=generator).squeeze(-1)
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@dataclass
+class DecodeSetup:
+    """What every decoder derives from its arguments before the first batch."""
+
+    stop_ids: torch.Tensor
+    pad_id: int
+    prompt_ids: list[list[int]]
+    generator: torch.Generator | None
+    cache_argument: str
+
+    @classmethod
+    def of(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        stop_token_ids: list[int] | None,
+        temperature: float,
+        seed: int | None,
+    ) -> DecodeSetup:
+        """Stop ids (default: eos and ``<|im_end|>``), pad id, tokenized prompts, the seeded RNG
+        (sampling with a seed only) and the cache keyword of ``model``.
+
+        Raises:
+            ValueError: on an empty prompt.
+        """
+        device = next(model.parameters()).device
+        stops = default_stop_token_ids(tokenizer) if stop_token_ids is None else list(stop_token_ids)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # Rendered prompts already hold their special tokens; adding a bos here would double it.
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if any(len(ids) == 0 for ids in prompt_ids):
+            raise ValueError("every prompt must have at least one token")
+        generator = None
+        if temperature > 0.0 and seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+        stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+        return cls(stop_ids, pad_id, prompt_ids, generator, cache_keyword(model))
+
+    def texts(self, tokenizer: PreTrainedTokenizerBase, token_ids: list[list[int]]) -> list[str]:
+        """The completions as text: special tokens removed (SID tokens kept), the stop token left out."""
+        stop_set = set(self.stop_ids.tolist())
+        bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
+        return tokenizer.batch_decode(bodies, skip_special_tokens=True)
+
+
+@contextmanager
+def eval_mode(model: PreTrainedModel) -> Iterator[None]:
+    """Decode in eval mode; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _generate_batch(
@@ -264,25 +324,14 @@ def generate(
     compile = static_cache and on_cuda if compile is None else compile
     if compile and not static_cache:
         raise ValueError("compile needs static_cache: a growing cache changes shapes every step")
-    stops = default_stop_token_ids(tokenizer) if stop_token_ids is None else list(stop_token_ids)
-    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # Rendered prompts already hold their special tokens; adding a bos here would double it.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    if any(len(ids) == 0 for ids in prompt_ids):
-        raise ValueError("every prompt must have at least one token")
-    generator = None
-    if temperature > 0.0 and seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    cache_argument = cache_keyword(model)
-
-    was_training = model.training
-    model.eval()
+    setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
+    stop_ids, pad_id, prompt_ids, generator, cache_argument = (
+        setup.stop_ids, setup.pad_id, setup.prompt_ids, setup.generator, setup.cache_argument
+    )
     token_ids: list[list[int]] = []
     logprobs: list[list[float]] = []
     forward_passes = 0
-    try:
+    with eval_mode(model):
         for first in range(0, len(prompt_ids), batch_size):
             rows, row_log_probs, forwards = _generate_batch(
                 model,
@@ -300,10 +349,4 @@ def generate(
             token_ids += rows
             logprobs += row_log_probs
             forward_passes += forwards
-    finally:
-        model.train(was_training)
-
-    stop_set = set(stops)
-    bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
-    texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
-    return Generation(texts, token_ids, logprobs, forward_passes, time.perf_counter() - start)
+    return Generation(setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start)

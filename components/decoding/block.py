@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from components.decoding.ar import Generation, cache_keyword, choose_tokens, default_stop_token_ids, left_pad
+from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, left_pad
 from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
@@ -200,20 +200,7 @@ def generate_blocks(
     spec = block_diffusion_spec(model)
     if spec.block_size < 2:
         raise ValueError("block size 1 is autoregressive decoding: use components.decoding.ar.generate")
-    device = next(model.parameters()).device
-    stops = default_stop_token_ids(tokenizer) if stop_token_ids is None else list(stop_token_ids)
-    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    if any(len(ids) == 0 for ids in prompt_ids):
-        raise ValueError("every prompt must have at least one token")
-    generator = None
-    if temperature > 0.0 and seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    keyword = cache_keyword(model)
-    was_training = model.training
-    model.eval()
+    setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
     token_ids: list[list[int]] = []
     logprobs: list[list[float]] = []
     commit_steps: list[list[int]] = []
@@ -221,20 +208,20 @@ def generate_blocks(
     block_ids: list[list[int]] = []
     block_steps: list[list[int]] = []
     forward_passes = 0
-    try:
-        for first in range(0, len(prompt_ids), batch_size):
+    with eval_mode(model):
+        for first in range(0, len(setup.prompt_ids), batch_size):
             rows, row_log_probs, row_steps, row_nfe, forwards, row_blocks, row_block_steps = _decode_batch(
                 model,
-                prompt_ids[first : first + batch_size],
+                setup.prompt_ids[first : first + batch_size],
                 spec,
                 max_new_tokens,
                 threshold,
                 temperature,
                 top_p,
-                generator,
-                stop_ids,
-                pad_id,
-                keyword,
+                setup.generator,
+                setup.stop_ids,
+                setup.pad_id,
+                setup.cache_argument,
             )
             token_ids += rows
             logprobs += row_log_probs
@@ -243,11 +230,6 @@ def generate_blocks(
             forward_passes += forwards
             block_ids += row_blocks
             block_steps += row_block_steps
-    finally:
-        model.train(was_training)
-    stop_set = set(stops)
-    bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
-    texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
     return BlockGeneration(
-        texts, token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe, block_ids, block_steps
+        setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe, block_ids, block_steps
     )

@@ -6,38 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import ModelConfig
 from components.decoding.block import AUTOREGRESSIVE_STEP, generate_blocks
-from components.modeling import build_model, build_tokenizer
-from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion, training_layout
+from components.modeling.block_diffusion import block_diffusion_spec, training_layout
+from tests.unit.tiny_lm import chat_prompts, tiny_model, tiny_tokenizer
 
-SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
-TEXTS = [
-    "The history is mostly nail polish with repeat purchases and strong brand loyalty.",
-    "Candidates: creams, shampoos, mascara, eau de parfum; rank them for the user.",
-] * 5
-CONTENTS = ["Rank <s_a_1><s_b_2><s_c_3><s_d_0> for a nail polish buyer.", "Hi", "History: mascara, creams and shampoos."]
 BLOCK = 4
 MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(TEXTS, SID_TOKENS, vocab_size=300)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    ar = build_model(ModelConfig(preset="tiny", max_length=256), tokenizer, seed=0).eval()
-    return convert_to_block_diffusion(ar, tokenizer, BLOCK)
+    return tiny_model(tokenizer, BLOCK)
 
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-        for c in CONTENTS
-    ]
+    return chat_prompts(tokenizer)
 
 
 def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int) -> list[int]:
@@ -127,6 +116,5 @@ def test_stop_token_ends_a_sequence(model, tokenizer, prompts):
 def test_block_size_one_and_bad_arguments_are_refused(model, tokenizer, prompts):
     with pytest.raises(ValueError, match="threshold"):
         generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.0)
-    ar = build_model(ModelConfig(preset="tiny", max_length=256), tokenizer, seed=0)
     with pytest.raises(ValueError, match="convert"):
-        generate_blocks(ar, tokenizer, prompts, MAX_NEW)
+        generate_blocks(tiny_model(tokenizer), tokenizer, prompts, MAX_NEW)

@@ -7,29 +7,26 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from components.config import ModelConfig
 from components.decoding.ar import cache_keyword
-from components.modeling import build_model, build_tokenizer
 from components.modeling.block_diffusion import (
     block_diffusion_spec,
     block_step_mask,
     convert_to_block_diffusion,
     training_layout,
 )
+from tests.unit.tiny_lm import tiny_model, tiny_tokenizer
 
-SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
-TEXTS = ["Rank the candidates for a nail polish buyer, best first.", "History: shampoos and creams."] * 5
 PROMPT_LENGTH, RESPONSE_LENGTH = 7, 12
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(TEXTS, SID_TOKENS, vocab_size=300)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    return build_model(ModelConfig(preset="tiny", max_length=128), tokenizer, seed=0).eval()
+    return tiny_model(tokenizer)
 
 
 def _random_ids(count: int, vocab: int, seed: int) -> torch.Tensor:
@@ -44,7 +41,7 @@ def _layout_logits(model, prompt, views, clean, block_size):
 
 
 def test_conversion_keeps_weights_and_records_the_spec(tokenizer):
-    ar = build_model(ModelConfig(preset="tiny", max_length=128), tokenizer, seed=0)
+    ar = tiny_model(tokenizer)
     before = {k: v.clone() for k, v in ar.state_dict().items()}
     converted = convert_to_block_diffusion(ar, tokenizer, block_size=4)
     spec = block_diffusion_spec(converted)
@@ -100,9 +97,9 @@ def test_training_layout_equals_cached_block_decoding(model, tokenizer, block_si
 
 def test_eager_attention_with_a_boolean_mask_silently_differs(tokenizer):
     """The trap the design avoids: eager attention adds a bool mask instead of applying it."""
-    eager = build_model(ModelConfig(preset="tiny", max_length=128), tokenizer, seed=0).eval()
+    eager = tiny_model(tokenizer)
     eager.set_attn_implementation("eager")
-    sdpa = build_model(ModelConfig(preset="tiny", max_length=128), tokenizer, seed=0).eval()
+    sdpa = tiny_model(tokenizer)
     vocab = sdpa.config.vocab_size
     prompt, clean = _random_ids(PROMPT_LENGTH, vocab, 7), _random_ids(RESPONSE_LENGTH, vocab, 8)
     reference = _layout_logits(sdpa, prompt, [clean], clean, block_size=4)

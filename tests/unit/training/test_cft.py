@@ -6,27 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import ModelConfig
-from components.modeling import build_model, build_tokenizer
 from components.modeling.block_diffusion import BlockDiffusionSpec
 from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch
 
 VIEWS = 2
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample, collate, weighted_lm_loss
+from tests.unit.tiny_lm import tiny_model, tiny_tokenizer
 
-SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
-TEXTS = ["Rank the candidates for a nail polish buyer, best first.", "History: shampoos and creams."] * 5
 END_ID = 1
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(TEXTS, SID_TOKENS, vocab_size=300)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    return build_model(ModelConfig(preset="tiny", max_length=128), tokenizer, seed=0)
+    return tiny_model(tokenizer)
 
 
 def _encoded(prompt_length: int, reasoning: int, answer: int, seed: int) -> EncodedExample:

@@ -6,31 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import ModelConfig
 from components.decoding.block import generate_blocks
-from components.modeling import build_model, build_tokenizer
-from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion
+from components.modeling.block_diffusion import block_diffusion_spec
 from components.training.replay import chosen, replay_batch, replay_log_probs, trajectory_example
-
-SID_TOKENS = [f"<s_{level}_{code}>" for level in "abcd" for code in range(8)]
-TEXTS = ["Rank the candidates for a nail polish buyer, best first.", "History: shampoos and creams."] * 5
-CONTENTS = ["Rank <s_a_1><s_b_2><s_c_3><s_d_0> for a buyer.", "Hi", "History: mascara, creams and shampoos."]
-
+from tests.unit.tiny_lm import chat_prompts, tiny_model, tiny_tokenizer
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(TEXTS, SID_TOKENS, vocab_size=300)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    ar = build_model(ModelConfig(preset="tiny", max_length=256), tokenizer, seed=0).eval()
-    return convert_to_block_diffusion(ar, tokenizer, 4)
+    return tiny_model(tokenizer, 4)
 
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
-    return [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True) for c in CONTENTS]
+    return chat_prompts(tokenizer)
 
 
 @pytest.mark.parametrize(("threshold", "temperature"), [(1.0, 1.0), (0.05, 1.0), (0.3, 0.0), (0.02, 0.7)])
