@@ -94,7 +94,7 @@ def test_one_real_opd_step_gives_a_finite_loss_and_a_gradient(setup, objective):
     loss.backward()
     assert torch.isfinite(loss)
     if objective == "forward_kl":
-        assert float(loss) > 0  # two different random models disagree
+        assert float(loss.detach()) > 0  # two different random models disagree
     else:
         assert extras["ratio_mean"] == pytest.approx(1.0, abs=1e-4)  # replay is on-policy
     assert extras["teacher_nll"] > 0 and extras["tokens_per_forward"] > 0
