@@ -134,7 +134,7 @@ def recipe_flow(cfg: dict[str, Any], until: str = "rl") -> dict[str, Any]:
     )
     summary = {"dataset_version": data["dataset_version"], "until": until} | recipe_summary(teacher, diffusion, teacher_uri)
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    storage.write_json(latest_report_uri(config), summary)
+    storage.write_json(latest_report_uri(config), summary, sort_keys=False)
     create_markdown_artifact(
         markdown=recipe_summary_markdown(summary), key="recipe-summary", description="AR teacher vs block-diffusion models"
     )

@@ -194,9 +194,13 @@ def read_json(uri: str) -> Any:
         raise StorageError(f"{uri}: file does not exist") from None
 
 
-def write_json(uri: str, payload: Any) -> None:
-    """Write a small JSON document (single object put on S3, rename on disk: both atomic)."""
-    data = json.dumps(payload, indent=2, sort_keys=True, default=str)
+def write_json(uri: str, payload: Any, sort_keys: bool = True) -> None:
+    """Write a small JSON document (single object put on S3, rename on disk: both atomic).
+
+    Keys are sorted for stable diffs unless ``sort_keys`` is False (a report whose key order is
+    the order of its table columns and stages).
+    """
+    data = json.dumps(payload, indent=2, sort_keys=sort_keys, default=str)
     if is_s3(uri):
         bucket, key = split_s3(uri)
         _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data.encode())

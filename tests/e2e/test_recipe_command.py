@@ -88,6 +88,8 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     assert report.returncode == 0, report.stderr[-3000:]
     latest = json.loads(report.stdout)
     assert latest["models"] == summary["models"] and latest["dataset_version"] == summary["dataset_version"]
+    # Kept in run order: the tables' columns and the stage list read as the recipe ran.
+    assert list(latest["evaluations"]) == list(summary["evaluations"]) and list(latest["stages"]) == list(summary["stages"])
     readable = dgr2(["report", "--config", "configs/tiny.yaml", *overrides], workspace)
     assert "Threshold sweep of CFT+OPD+RL" in readable.stdout and "speedup vs AR" in readable.stdout
 
