@@ -27,7 +27,7 @@ import torch
 from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, left_pad
-from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask
+from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
 AUTOREGRESSIVE_STEP = -1
@@ -55,12 +55,6 @@ class BlockGeneration(Generation):
         return self.output_tokens / max(1, sum(self.sequence_forward_passes))
 
 
-def _masked_column(vocab: int, column: int, device: torch.device) -> torch.Tensor:
-    flags = torch.zeros(vocab, dtype=torch.bool, device=device)
-    flags[column] = True
-    return flags
-
-
 def _decode_batch(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
@@ -84,7 +78,7 @@ def _decode_batch(
     cache: Cache = DynamicCache()
     kwargs = {cache_argument: cache, "use_cache": True}
     out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **kwargs)
-    never_mask = _masked_column(out.logits.shape[-1], mask_id, device)  # (V,)
+    never_mask = token_flags(out.logits.shape[-1], mask_id, device)  # (V,)
     first, first_log_prob = choose_tokens(out.logits[:, -1].float().masked_fill(never_mask, float("-inf")), temperature, top_p, generator)
     forwards = 1
     nfe = torch.ones(batch, dtype=torch.long, device=device)  # (B,)

@@ -77,6 +77,14 @@ def block_diffusion_spec(model: PreTrainedModel) -> BlockDiffusionSpec:
     return BlockDiffusionSpec(int(block_size), int(mask_id))
 
 
+def token_flags(vocab_size: int, token_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """(V,) bool, True only at ``token_id``: ``logits.masked_fill(flags, -inf)`` keeps a token
+    (``<|mask|>``) from ever being predicted, in training and decoding alike."""
+    flags = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    flags[token_id] = True
+    return flags
+
+
 def padded_length(length: int, block_size: int) -> int:
     """``length`` rounded up to whole blocks."""
     return -(-length // block_size) * block_size

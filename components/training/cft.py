@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.modeling.block_diffusion import BlockDiffusionSpec, padded_length, training_layout
+from components.modeling.block_diffusion import BlockDiffusionSpec, padded_length, token_flags, training_layout
 from components.training.loop import TOKENS_KEY
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample
 
@@ -204,7 +204,7 @@ def response_logits(model: nn.Module, batch: dict[str, Tensor], mask_token_id: i
     ).logits  # (B, N - P + 1, V)
     index = batch["logit_index"][..., None].expand(-1, -1, logits.shape[-1])
     chosen = logits.gather(1, index).float()
-    return chosen.masked_fill(_column(chosen, mask_token_id), float("-inf"))
+    return chosen.masked_fill(token_flags(chosen.shape[-1], mask_token_id, chosen.device), float("-inf"))
 
 
 def cft_loss_fn(mask_token_id: int):
@@ -222,10 +222,3 @@ def cft_loss_fn(mask_token_id: int):
         return loss, extras
 
     return loss_fn
-
-
-def _column(logits: Tensor, column: int) -> Tensor:
-    """A mask over ``logits``' last dim that is True only at ``column`` (the ``<|mask|>`` id)."""
-    flags = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    flags[column] = True
-    return flags
