@@ -79,7 +79,14 @@ def _decode_batch(
     kwargs = {cache_argument: cache, "use_cache": True}
     out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **kwargs)
     never_mask = token_flags(out.logits.shape[-1], mask_id, device)  # (V,)
-    first, first_log_prob = choose_tokens(out.logits[:, -1].float().masked_fill(never_mask, float("-inf")), temperature, top_p, generator)
+
+    def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (..., V) logits -> tokens and log-probs; <|mask|> is never a prediction.
+        flat = logits.float().masked_fill(never_mask, float("-inf")).reshape(-1, logits.shape[-1])
+        tokens, log_probs = choose_tokens(flat, temperature, top_p, generator)
+        return tokens.view(logits.shape[:-1]), log_probs.view(logits.shape[:-1])
+
+    first, first_log_prob = choose(out.logits[:, -1])
     forwards = 1
     nfe = torch.ones(batch, dtype=torch.long, device=device)  # (B,)
     key_valid = prompt_mask.bool()  # (B, L): the cached positions that are real tokens
@@ -108,10 +115,7 @@ def _decode_batch(
             forwards += 1
             nfe += masked.any(dim=1)
             # Token shift: position i's distribution is the logits at i - 1.
-            predictions = logits[:, :-1].float().masked_fill(never_mask, float("-inf"))  # (B, b-1, V)
-            flat_tokens, flat_log_probs = choose_tokens(predictions.reshape(-1, predictions.shape[-1]), temperature, top_p, generator)
-            proposed = flat_tokens.view(batch, b - 1)
-            proposed_log_probs = flat_log_probs.view(batch, b - 1)
+            proposed, proposed_log_probs = choose(logits[:, :-1])  # (B, b-1) each
             open_slots = masked[:, 1:]  # (B, b-1)
             confidence = proposed_log_probs.exp().masked_fill(~open_slots, -1.0)
             commit = open_slots & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(open_slots)
@@ -137,9 +141,7 @@ def _decode_batch(
         nfe += ~done
         key_valid = torch.cat([key_valid, torch.ones((batch, b), dtype=torch.bool, device=device)], dim=1)
         next_position = next_position + b
-        first, first_log_prob = choose_tokens(
-            out.logits[:, -1].float().masked_fill(never_mask, float("-inf")), temperature, top_p, generator
-        )
+        first, first_log_prob = choose(out.logits[:, -1])
 
     stop_set = set(stop_ids.tolist())
     token_rows, log_prob_rows, step_rows = tokens.tolist(), log_probs.tolist(), steps.tolist()

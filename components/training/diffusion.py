@@ -130,12 +130,15 @@ def run_opd(cfg: Config, model_uri: str, teacher_uri: str, dataset_uri: str, sid
         ``outputs``: ``model_uri``; ``metrics``: prompts, final loss, the last logged teacher NLL
         and tokens per forward, tokens/s, wall time.
     """
-    teacher, _, _ = load_model(storage.fetch_dir(teacher_uri, cfg.storage.work_dir))
-    teacher = frozen_copy(teacher.to("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def make_loss(model: Any, tokenizer: Any, prompts: list[Any]) -> LossFn:
+        # Loaded only when the stage trains: a cached OPD output needs no teacher.
+        teacher, _, _ = load_model(storage.fetch_dir(teacher_uri, cfg.storage.work_dir))
+        teacher = frozen_copy(teacher.to(next(model.parameters()).device))
+        return opd_loss_fn(tokenizer, prompts, teacher, model, cfg.opd)
+
     inputs = training_inputs(model_uri, dataset_uri, sid_uri, examples_uri) | {"teacher": teacher_uri}
-    return prompt_stage(
-        cfg, OPD_STAGE, cfg.opd, inputs, lambda model, tokenizer, prompts: opd_loss_fn(tokenizer, prompts, teacher, model, cfg.opd)
-    )
+    return prompt_stage(cfg, OPD_STAGE, cfg.opd, inputs, make_loss)
 
 
 def run_diffusion_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:
