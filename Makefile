@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast data bench s3-up s3-down clean
+.PHONY: install run test test-fast data bench s3-up s3-down stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ s3-up: $(STAMP)
 
 s3-down:
 	infra/local/s3-down.sh
+
+# S3, MLflow and Prefect servers on 127.0.0.1, and an env file for clients (.dgr2/stack/stack.env);
+# DGR2_STACK_PROFILE=production puts MLflow and Prefect on Postgres.
+stack-up: $(STAMP)
+	PATH=$(BIN):$$PATH infra/local/stack-up.sh
+
+stack-down:
+	infra/local/stack-down.sh
+
+# The script exits 3 when a server is down (make then reports an error).
+stack-status:
+	infra/local/stack-status.sh
 
 clean:
 	rm -rf .dgr2 $(VENV)

