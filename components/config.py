@@ -103,6 +103,9 @@ class EvaluationConfig(_Section):
     # Test users scored: "all", or "sample" (the fixed test sample of candidates.test_sample_size
     # users, the papers' protocol; cheaper on CPU). The sample is always reported as its own slice.
     test_users: Literal["all", "sample"] = "all"
+    # At most this many of those test users, a seeded subset (0: all of them). The CPU profile's
+    # `make run` scores a few hundred to fit its time budget; benchmarks score the whole sample.
+    max_test_examples: int = Field(0, ge=0)
     # Validation examples scored (a seeded sample of the valid split); 0 scores none.
     valid_examples: int = Field(1000, ge=0)
     # Block-diffusion decoding thresholds tau reported for the final model: 1.0 is one token per
@@ -277,6 +280,30 @@ class CftConfig(StageTrainingConfig):
     mask_eps: float = Field(1e-3, gt=0.0, lt=1.0)
 
 
+class TrackingConfig(_Section):
+    # MLflow: one parent run per recipe run, one child run per stage, and the model registry.
+    enabled: bool = True
+    # Empty: $MLFLOW_TRACKING_URI (set by `make stack-up`), else a SQLite store next to work_dir
+    # (<work_dir>/../mlflow/mlflow.db) with artifacts beside it.
+    tracking_uri: str = ""
+    experiment: str = "diffusion-gr2"
+    teacher_model_name: str = "gr2-ar"
+    student_model_name: str = "diffusion-gr2"
+    # Each freshly trained stage's checkpoint is logged to its child run (cached stages point to
+    # the run that logged it instead of uploading it again).
+    log_checkpoints: bool = True
+
+
+class PromotionConfig(_Section):
+    # Gates a challenger must pass to become champion, at evaluation.serving_threshold on the fixed
+    # test sample. Tolerances are absolute for Recall@1 / NDCG@3 and relative for throughput,
+    # which varies a few percent between runs on a shared CPU.
+    min_valid_rate: float = Field(1.0, ge=0.0, le=1.0)
+    recall_at_1_tolerance: float = Field(0.0, ge=0.0)
+    ndcg_at_3_tolerance: float = Field(0.0, ge=0.0)
+    throughput_tolerance: float = Field(0.1, ge=0.0, lt=1.0)
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -298,6 +325,8 @@ class Config(_Section):
     cft: CftConfig = CftConfig()
     opd: OpdConfig = OpdConfig()
     diffusion_rl: DiffusionRlConfig = DiffusionRlConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

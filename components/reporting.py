@@ -172,6 +172,14 @@ def speed_table(speed: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def promotion_markdown(version: dict[str, Any], decision: dict[str, Any]) -> str:
+    """The promotion decision: the version, what it was compared with, and every gate check."""
+    verdict = "promoted to champion" if decision["promote"] else "stays challenger (not promoted)"
+    against = f"champion version {decision['champion_version']}" if decision.get("champion_version") else "no champion yet"
+    lines = [f"## Promotion: `{version['name']}` version {version['version']} {verdict}", "", f"Compared with {against}:", ""]
+    return "\n".join(lines + [f"- {check}" for check in decision["checks"]])
+
+
 def _summary_markdown(summary: dict[str, Any], title: str) -> str:
     evaluations = summary["evaluations"]
     lines = [f"# {title}: dataset version `{summary['dataset_version']}`", ""]
@@ -199,6 +207,21 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
         lines += [f"## Threshold sweep of {summary['final']} (test)", "", sweep_table(summary), ""]
     if summary.get("speed"):
         lines += ["## Speed", "", speed_table(summary["speed"]), ""]
+    if summary.get("registry"):
+        lines += ["## Registry", ""] + [f"- `{name}` version {v['version']} (`{v['model_uri']}`)" for name, v in summary["registry"].items()] + [""]
+    if summary.get("promotion"):
+        lines += [promotion_markdown(summary["promotion"], summary["promotion"]), ""]
+    if summary.get("tracking"):
+        tracking = summary["tracking"]
+        lines += ["## MLflow", "", f"- recipe run: {tracking['parent_run_url']}", f"- UI: `{tracking['ui']}`"]
+        promotion = summary.get("promotion") or {}
+        champion = promotion.get("version") if promotion.get("promote") else promotion.get("champion_version")
+        if champion:
+            lines.append(
+                f"- champion: `models:/{promotion['name']}@champion` (version {champion}); serve it with"
+                f" `mlflow models serve -m models:/{promotion['name']}@champion --env-manager local -h 127.0.0.1 -p 5001`"
+            )
+        lines.append("")
     lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]
     for name, stage in summary["stages"].items():
         facts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stage["facts"].items())

@@ -18,6 +18,10 @@ os.environ.update(
     }
 )
 
+# A developer's `make stack-up` exports these; tests pick their own stores.
+for _variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+    os.environ.pop(_variable, None)
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

@@ -29,3 +29,17 @@ def tiny_model(tokenizer, block_size: int | None = None, seed: int = 0):
 def chat_prompts(tokenizer, contents: list[str] = CONTENTS) -> list[str]:
     """One user turn per content, chat template and generation prompt applied."""
     return [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True) for c in contents]
+
+
+def publish_checkpoint(uri: str, work_dir: str, seed: int = 0, block_size: int | None = 4) -> str:
+    """Publish a tiny model at ``uri`` as a training stage would: checkpoint, metrics and a step history."""
+    import json
+
+    from components.modeling.factory import save_model
+    from components.stage import publishing
+
+    tokenizer = tiny_tokenizer()
+    with publishing(uri, work_dir, {"final_loss": 1.5}) as out:
+        save_model(tiny_model(tokenizer, block_size=block_size, seed=seed), tokenizer, out, {"stage": "diffusion_rl"})
+        (out / "history.json").write_text(json.dumps([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]))
+    return uri
