@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= tiny
 STAMP := $(VENV)/.installed
+STACK_ENV ?= $${DGR2_HOME:-.dgr2}/stack/stack.env
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -26,8 +27,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# With the local stack up (make stack-up), its env file points MLflow, Prefect and S3 at it.
 run: $(STAMP)
-	$(BIN)/dgr2 train-rl --config configs/$(PROFILE).yaml
+	if [ -f $(STACK_ENV) ]; then source $(STACK_ENV); fi; $(BIN)/dgr2 train-rl --config configs/$(PROFILE).yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests

@@ -57,14 +57,19 @@ def check_cache_key(sections: tuple[str, ...], code: tuple[str, ...], input_name
     return key
 
 
+# MLflow reports a request that failed after its own HTTP retries (server down, 5xx) with these codes.
+_TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
 def io_error(_task: Any, _run: Any, state: Any) -> bool:
-    """A ``retry_condition_fn``: retry only storage and network failures; bad data or a bug fails at once."""
+    """A ``retry_condition_fn``: retry only storage and network failures (object store, tracking
+    server); bad data, a failed gate or a bug fails at once."""
     try:
         state.result()
     except (StorageError, OSError):
         return True
-    except Exception:  # noqa: BLE001 - any other failure is not transient
-        return False
+    except Exception as exc:  # noqa: BLE001 - sorted into transient and not below
+        return type(exc).__name__ == "MlflowException" and getattr(exc, "error_code", "") in _TRANSIENT_MLFLOW_CODES
     return False
 
 
@@ -78,13 +83,21 @@ def run_stage(stage_task: Any, *args: Any) -> dict[str, Any]:
     return result
 
 
-def task_runner(tasks: dict[str, Any], cfg: dict[str, Any], logger: Any) -> Callable[..., dict[str, Any]]:
+def task_runner(
+    tasks: dict[str, Any],
+    cfg: dict[str, Any],
+    logger: Any,
+    on_stage: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> Callable[..., dict[str, Any]]:
     """A ``StageRunner`` over Prefect tasks: ``run(label, stage, *input URIs)`` runs ``tasks[stage]``
-    as a task named ``label`` and logs its time."""
+    as a task named ``label``, logs its time, and hands ``(label, stage, result)`` to ``on_stage``
+    (the recipe's tracking) once it has finished."""
 
     def run(label: str, stage: str, *inputs: str) -> dict[str, Any]:
         result = run_stage(tasks[stage].with_options(name=label), cfg, *inputs)
         logger.info("%s: %s s%s", label, result["seconds"], " (cached)" if result["cached"] else "")
+        if on_stage is not None:
+            on_stage(label, stage, result)
         return result
 
     return run

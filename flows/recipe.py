@@ -13,15 +13,24 @@ Run it with ``dgr2 train-rl`` (``convert``, ``train-cft``, ``train-opd`` stop ea
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from components import storage
-from components.config import Config
+from components.config import Config, load_config
 from components.evaluation.speed import SPEED_STAGE, compare_speed
-from components.reporting import recipe_summary_markdown
+from components.evaluation.stage import EVALUATION_STAGE
+from components.modeling.build import BASE_MODEL_STAGE
+from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
+from components.tracking.promotion import CHAMPION, GateMetrics, promote
+from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
+from components.tracking.runs import RecipeRuns, client, run_url, tracking_uri, ui_command
+from components.traces.build import TRACES_STAGE
 from components.training.diffusion import (
     CFT_STAGE,
     CONVERT_STAGE,
@@ -35,8 +44,8 @@ from components.training.diffusion import (
     run_opd,
     teacher_model,
 )
-from components.training.teacher import run_teacher, training_inputs
-from flows.caching import output_cache_key, task_runner
+from components.training.teacher import MIDTRAIN_STAGE, RL_STAGE, SFT_STAGE, run_teacher, training_inputs
+from flows.caching import io_error, output_cache_key, task_runner
 from flows.data import data_flow
 from flows.teacher import TEACHER_TASKS
 
@@ -103,6 +112,43 @@ RECIPE_TASKS = TEACHER_TASKS | {
     "diffusion_rl": diffusion_rl_task,
     "speed": speed_task,
 }
+# What names each task's output: its child run logs the spec's config sections as params.
+STAGE_SPECS = {
+    "traces": TRACES_STAGE,
+    "base_model": BASE_MODEL_STAGE,
+    "midtrain": MIDTRAIN_STAGE,
+    "sft": SFT_STAGE,
+    "rl": RL_STAGE,
+    "evaluate": EVALUATION_STAGE,
+    "convert": CONVERT_STAGE,
+    "cft": CFT_STAGE,
+    "opd": OPD_STAGE,
+    "diffusion_rl": DIFFUSION_RL_STAGE,
+    "speed": SPEED_STAGE,
+}
+DATA_SECTIONS = ("data", "validation", "semantic_ids", "candidates", "prompts", "features")
+
+
+@task(name="register", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
+def register_task(cfg: dict[str, Any], name: str, model_uri: str, run_id: str, stage: str, dataset_version: str, parent: str) -> dict[str, Any]:
+    """Register a trained model (logged as a pyfunc in its stage's child run) with its lineage tags."""
+    version = register(Config.model_validate(cfg), name, model_uri, run_id, stage, dataset_version, parent)
+    return asdict(version)
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
+def promote_task(cfg: dict[str, Any], version: dict[str, Any], challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
+    """Challenger alias, gate decision on the version's tags, then the champion alias if it passed."""
+    decision = promote(
+        Config.model_validate(cfg),
+        ModelVersion(**version),
+        GateMetrics.from_evaluation(challenger),
+        GateMetrics.from_evaluation(champion) if champion is not None else None,
+    )
+    create_markdown_artifact(
+        markdown=promotion_markdown(version, decision.to_dict()), key="promotion", description="Champion / challenger decision"
+    )
+    return decision.to_dict()
 
 
 def latest_report_uri(cfg: Config) -> str:
@@ -110,31 +156,131 @@ def latest_report_uri(cfg: Config) -> str:
     return storage.join(cfg.storage.artifact_root, "reports", "latest.json")
 
 
+@dataclass
+class _Lineage:
+    """Which child run logged each model URI, so registration finds the run and stage of a model."""
+
+    runs: RecipeRuns
+    model_runs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __call__(self, label: str, stage: str, result: dict[str, Any]) -> None:
+        run_id = self.runs.log_stage(label, STAGE_SPECS[stage], result)
+        if "model_uri" in result["outputs"]:
+            self.model_runs[result["outputs"]["model_uri"]] = (run_id, STAGE_SPECS[stage].name)
+
+
+def _champion_start(config: Config) -> dict[str, str]:
+    """Warm start: the champion's checkpoint and its teacher's (named by its lineage tag)."""
+    champion = version_by_alias(config, config.tracking.student_model_name, CHAMPION)
+    if champion is None:
+        return {}
+    start = {"student": version_checkpoint(config, champion)}
+    teacher_name, _, teacher_version = champion.tags.get("parent_model_version", "").partition("/")
+    if teacher_version:
+        start["teacher"] = version_checkpoint(config, client(config).get_model_version(teacher_name, teacher_version))
+    return start
+
+
+def _register_and_promote(
+    config: Config, summary: dict[str, Any], lineage: _Lineage, run: Any, data: tuple[str, str, str]
+) -> dict[str, Any]:
+    """Register the teacher and the final student, re-score the champion, and promote through the gates."""
+    cfg = config.model_dump(mode="json")
+    tracking = config.tracking
+    teacher_uri = summary["teacher_model_uri"]
+    base = summary["stage_metrics"].get("base_model", {}).get("source", "warm start")
+    teacher_run, teacher_stage = lineage.model_runs[teacher_uri]
+    teacher = register_task(cfg, tracking.teacher_model_name, teacher_uri, teacher_run, teacher_stage, summary["dataset_version"], base)
+    result: dict[str, Any] = {"registry": {tracking.teacher_model_name: teacher}}
+    final = summary["final"]
+    if final == "naive conversion":
+        return result
+    student_uri = summary["models"][final]
+    student_run, student_stage = lineage.model_runs[student_uri]
+    student = register_task(
+        cfg, tracking.student_model_name, student_uri, student_run, student_stage, summary["dataset_version"],
+        f"{teacher['name']}/{teacher['version']}",
+    )
+    result["registry"][tracking.student_model_name] = student
+    tau = str(config.evaluation.serving_threshold)
+    challenger = run(f"evaluate {final} (tau={tau})", "evaluate", student_uri, *data, tau)["metrics"]
+    champion_report = None
+    current = version_by_alias(config, tracking.student_model_name, CHAMPION)
+    if current is not None and str(current.version) != student["version"]:
+        champion_uri = version_checkpoint(config, current)
+        champion_report = run(f"evaluate champion v{current.version} (tau={tau})", "evaluate", champion_uri, *data, tau)["metrics"]
+    result["promotion"] = promote_task(cfg, student, challenger, champion_report) | {"name": student["name"], "version": student["version"]}
+    return result
+
+
+def resolve_config(cfg: dict[str, Any] | None, config: str, overrides: list[str] | None) -> Config:
+    """A flow's config: the resolved dict the CLI passes, or a profile path plus overrides (deployments)."""
+    return Config.model_validate(cfg) if cfg is not None else load_config(config or None, overrides)
+
+
 @flow(name="recipe", log_prints=True)
-def recipe_flow(cfg: dict[str, Any], until: str = "rl") -> dict[str, Any]:
-    """Train the AR teacher, convert it to block diffusion, then CFT, OPD and RL; evaluate every model.
+def recipe_flow(
+    cfg: dict[str, Any] | None = None,
+    until: str = "rl",
+    warm_start: bool = False,
+    config: str = "",
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train the AR teacher, convert it to block diffusion, then CFT, OPD and RL; evaluate every
+    model; register the teacher and the final student in MLflow and promote through the gates.
 
     Args:
-        cfg: the resolved config (``Config.model_dump(mode="json")``).
+        cfg: the resolved config (``Config.model_dump(mode="json")``); when None, ``config`` (a
+            profile path, empty for the embedded defaults) and ``overrides`` give it.
         until: the last stage: ``"convert"``, ``"cft"``, ``"opd"`` or ``"rl"``.
+        warm_start: start the teacher's training and CFT from the current champion's models
+            (``retrain`` sets it) instead of a fresh base model and the naive conversion.
 
     Returns:
         The summary: dataset version, model URIs, tau = 1 evaluations of every model (teacher
-        included), the final model's tau sweep and speed comparison, and per-stage timings and facts.
+        included), the final model's tau sweep and speed comparison, per-stage timings and facts,
+        and (with tracking on) the MLflow runs, registered versions and the promotion decision.
     """
     started = time.perf_counter()
-    config = Config.model_validate(cfg)
+    config = resolve_config(cfg, config, overrides)
+    cfg = config.model_dump(mode="json")
     data = data_flow(cfg)
     outputs = data["outputs"]
-    run = task_runner(RECIPE_TASKS, cfg, get_run_logger())
-    teacher = run_teacher(config, outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], run)
-    teacher_uri = teacher_model(teacher)
-    diffusion = run_diffusion(
-        config, teacher_uri, outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], teacher["traces_uri"], run, until
-    )
-    summary = {"dataset_version": data["dataset_version"], "until": until} | recipe_summary(teacher, diffusion, teacher_uri)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    storage.write_json(latest_report_uri(config), summary, sort_keys=False)
+    inputs = (outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"])
+    lineage = None
+    if config.tracking.enabled:
+        flow_run = prefect_runtime.flow_run.id or ""
+        runs = RecipeRuns.start(config, f"recipe {data['dataset_version']} until {until}", {"prefect_flow_run_id": str(flow_run), "dataset_version": data["dataset_version"]})
+        lineage = _Lineage(runs)
+    run = task_runner(RECIPE_TASKS, cfg, get_run_logger(), on_stage=lineage)
+    try:
+        if lineage is not None:
+            lineage.runs.log_data(data, DATA_SECTIONS)
+        start = _champion_start(config) if warm_start and config.tracking.enabled else {}
+        teacher = run_teacher(config, *inputs, run, start.get("teacher", ""))
+        teacher_uri = teacher_model(teacher)
+        diffusion = run_diffusion(config, teacher_uri, *inputs, teacher["traces_uri"], run, until, start.get("student", ""))
+        summary = {"dataset_version": data["dataset_version"], "until": until, "warm_start": start} | recipe_summary(teacher, diffusion, teacher_uri)
+        if lineage is not None:
+            summary |= _register_and_promote(config, summary, lineage, run, inputs)
+            summary["tracking"] = {
+                "experiment_id": lineage.runs.experiment_id,
+                "parent_run_id": lineage.runs.parent_run_id,
+                "parent_run_url": run_url(config, lineage.runs.experiment_id, lineage.runs.parent_run_id),
+                "ui": ui_command(config),
+                "tracking_uri": tracking_uri(config),
+            }
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        storage.write_json(latest_report_uri(config), summary, sort_keys=False)
+        if lineage is not None:
+            plots = {}
+            if summary.get("sweep") and summary.get("speed"):
+                plots["plots"] = frontier_plot(summary, Path(config.storage.work_dir) / "plots" / f"{lineage.runs.parent_run_id}-frontier.png")
+            lineage.runs.finish("FINISHED", summary, plots)
+    except BaseException:
+        if lineage is not None:
+            lineage.runs.finish("FAILED")
+        raise
     create_markdown_artifact(
         markdown=recipe_summary_markdown(summary), key="recipe-summary", description="AR teacher vs block-diffusion models"
     )
@@ -142,6 +288,4 @@ def recipe_flow(cfg: dict[str, Any], until: str = "rl") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from components.config import load_config
-
-    print(recipe_flow(load_config("configs/tiny.yaml").model_dump(mode="json")))
+    print(recipe_flow(config="configs/tiny.yaml"))

@@ -55,9 +55,8 @@ def model_decoder(model: Any, tokenizer: Any, cfg: Config, threshold: float | No
 def evaluation_examples(examples: pd.DataFrame, cfg: Config) -> dict[str, pd.DataFrame]:
     """The examples each split is scored on: a seeded valid sample and the configured test users."""
     ecfg = cfg.evaluation
-    test = split_examples(examples, "test", 0, ecfg.seed)
-    if ecfg.test_users == "sample":
-        test = test[test["in_test_sample"]].reset_index(drop=True)
+    test = examples[examples["in_test_sample"]] if ecfg.test_users == "sample" else examples
+    test = split_examples(test, "test", ecfg.max_test_examples, ecfg.seed)
     splits = {"test": test}
     if ecfg.valid_examples:
         splits["valid"] = split_examples(examples, "valid", ecfg.valid_examples, ecfg.seed)

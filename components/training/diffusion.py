@@ -177,12 +177,15 @@ def run_diffusion(
     traces_uri: str,
     run: StageRunner,
     until: str = "rl",
+    student_start_uri: str = "",
 ) -> dict[str, Any]:
     """Convert the teacher, then CFT, OPD and RL as far as ``until``; evaluate every model at
     tau = 1 (the papers' table 1), the last one at every ``evaluation.thresholds`` value (table 2),
     and compare its decode speed with the teacher's.
 
-    ``opd.enabled`` / ``diffusion_rl.enabled`` skip those stages.
+    ``opd.enabled`` / ``diffusion_rl.enabled`` skip those stages. ``student_start_uri`` warm-starts
+    CFT from an earlier block-diffusion model (the champion, on retraining) instead of the naive
+    conversion, which is still evaluated as the table's reference row.
 
     Returns:
         ``models`` (label -> URI), ``evaluations`` (label -> tau = 1 report), ``sweep`` (tau ->
@@ -208,7 +211,7 @@ def run_diffusion(
 
     add("naive conversion", "convert", teacher_uri)
     if until != "convert":
-        add("CFT", "cft", models["naive conversion"], dataset_uri, sid_uri, traces_uri)
+        add("CFT", "cft", student_start_uri or models["naive conversion"], dataset_uri, sid_uri, traces_uri)
     if until in ("opd", "rl") and cfg.opd.enabled:
         add("CFT+OPD", "opd", models["CFT"], teacher_uri, *data)
     if until == "rl" and cfg.diffusion_rl.enabled:

@@ -287,7 +287,9 @@ def direct_runner(cfg: Config, functions: dict[str, Callable[..., StageResult]] 
     return run
 
 
-def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, run: StageRunner) -> dict[str, Any]:
+def run_teacher(
+    cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, run: StageRunner, start_model_uri: str = ""
+) -> dict[str, Any]:
     """The AR teacher's stage sequence: traces -> base model -> mid-training -> SFT -> RL, then evaluation.
 
     The SFT and RL models are both evaluated, so the summary shows what RL adds.
@@ -296,6 +298,8 @@ def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, 
         cfg: run config (``midtrain.enabled`` and ``rl.enabled`` skip those stages).
         dataset_uri, sid_uri, examples_uri: the data flow's outputs.
         run: runs one stage (:func:`direct_runner`, or the Prefect flow's cached tasks).
+        start_model_uri: warm start: mid-training (or SFT) starts from this model (the champion's
+            teacher, on retraining) instead of a freshly built base model.
 
     Returns:
         ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report),
@@ -304,8 +308,10 @@ def run_teacher(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, 
     stages: dict[str, dict[str, Any]] = {}
     stages["traces"] = run("traces", "traces", dataset_uri, sid_uri, examples_uri)
     traces_uri = stages["traces"]["outputs"]["traces_uri"]
-    stages["base_model"] = run("base_model", "base_model", dataset_uri, sid_uri, examples_uri, traces_uri)
-    model_uri = stages["base_model"]["outputs"]["model_uri"]
+    model_uri = start_model_uri
+    if not model_uri:
+        stages["base_model"] = run("base_model", "base_model", dataset_uri, sid_uri, examples_uri, traces_uri)
+        model_uri = stages["base_model"]["outputs"]["model_uri"]
     if cfg.midtrain.enabled:
         stages["midtrain"] = run("midtrain", "midtrain", model_uri, dataset_uri, sid_uri, examples_uri)
         model_uri = stages["midtrain"]["outputs"]["model_uri"]

@@ -23,6 +23,8 @@ AFTER_CONVERSION = (
     "evaluate CFT+OPD+RL (tau=1.0)",
     "evaluate CFT+OPD+RL (tau=0.5)",
     "speed",
+    # The promotion gates read the serving tau (0.9), which the sweep above does not include.
+    "evaluate CFT+OPD+RL (tau=0.9)",
 )
 
 
@@ -84,6 +86,8 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
         assert entries["ar"]["tokens_per_forward"] == 1.0
         assert all(entries[f"tau={t}"]["speedup"] > 0 for t in THRESHOLDS)
 
+    _check_tracking(summary, first)
+
     report = dgr2(["report", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
     assert report.returncode == 0, report.stderr[-3000:]
     latest = json.loads(report.stdout)
@@ -95,8 +99,37 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
 
     changed = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--set", "cft.mask_eps=0.01", "--json"], workspace)
     assert changed.returncode == 0, changed.stderr[-3000:]
-    rerun = {name for name, stage in json.loads(changed.stdout)["stages"].items() if not stage["cached"]}
+    again = json.loads(changed.stdout)
+    rerun = {name for name, stage in again["stages"].items() if not stage["cached"]}
     assert rerun == set(AFTER_CONVERSION)
+    # The unchanged teacher keeps its version; the new student is a new version, compared with the
+    # champion if there is one.
+    assert again["registry"]["gr2-ar"]["version"] == summary["registry"]["gr2-ar"]["version"]
+    assert int(again["registry"]["diffusion-gr2"]["version"]) == int(summary["registry"]["diffusion-gr2"]["version"]) + 1
+
+
+def _check_tracking(summary: dict, converted: dict) -> None:
+    """One MLflow parent run per recipe run with a child run per stage; both models registered
+    with lineage; the promotion decision follows the validity gate."""
+    from mlflow import MlflowClient
+
+    tracking = summary["tracking"]
+    mlflow = MlflowClient(tracking["tracking_uri"])
+    children = mlflow.search_runs([tracking["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{tracking['parent_run_id']}'")
+    assert {run.info.run_name for run in children} == {"data", *summary["stages"]}
+    cft = next(run for run in children if run.info.run_name == "cft")
+    assert cft.data.params["cft.max_steps"] == "3" and cft.data.tags["output.model_uri"] == summary["models"]["CFT"]
+    # The loop logs every training.log_every (10) steps and after the last one.
+    assert [m.step for m in mlflow.get_metric_history(cft.info.run_id, "loss")] == [3]
+    assert converted["tracking"]["parent_run_id"] != tracking["parent_run_id"]
+
+    teacher, student = summary["registry"]["gr2-ar"], summary["registry"]["diffusion-gr2"]
+    assert teacher["model_uri"] == summary["teacher_model_uri"] and student["model_uri"] == summary["models"]["CFT+OPD+RL"]
+    tags = mlflow.get_model_version("diffusion-gr2", student["version"]).tags
+    assert tags["parent_model_version"] == f"gr2-ar/{teacher['version']}" and tags["dataset_version"] == summary["dataset_version"]
+    assert tags["stage"] == "diffusion_rl"
+    valid = summary["promotion"]["challenger"]["valid_rate"]
+    assert summary["promotion"]["promote"] == (valid >= 1.0) == (tags["promotion.decision"] == "champion")
 
 
 def test_report_before_any_run_names_the_missing_run(tmp_path: Path):

@@ -134,3 +134,6 @@ def test_evaluation_examples_take_the_configured_users():
     assert chosen["valid"]["user_id"].tolist() == evaluation_examples(rows, cfg)["valid"]["user_id"].tolist()
     everyone = evaluation_examples(rows, Config(evaluation={"test_users": "all", "valid_examples": 0}))
     assert len(everyone["test"]) == 20 and "valid" not in everyone
+    capped = evaluation_examples(rows, Config(evaluation={"test_users": "all", "valid_examples": 0, "max_test_examples": 7}))
+    assert len(capped["test"]) == 7 and (capped["test"]["split"] == "test").all()
+    assert set(capped["test"]["user_id"]) < set(everyone["test"]["user_id"])
