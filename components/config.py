@@ -304,6 +304,24 @@ class PromotionConfig(_Section):
     throughput_tolerance: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+class ServingConfig(_Section):
+    # The tau a request may ask for (evaluation.serving_threshold is the default): below ~0.3 the
+    # block decoder commits most of a block at once and answers are rarely valid.
+    min_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    max_threshold: float = Field(1.0, gt=0.0, le=1.0)
+    # A re-rank request is ~1 KB (10 candidate ids and a history); anything far larger is a mistake.
+    max_body_bytes: int = Field(65536, ge=1024)
+    # Adaptive batching: concurrent requests wait at most this long to share one decode.
+    max_batch_size: int = Field(16, ge=1)
+    max_batch_wait_ms: float = Field(10.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _threshold_range(self) -> "ServingConfig":
+        if self.min_threshold > self.max_threshold:
+            raise ValueError(f"serving.min_threshold {self.min_threshold} exceeds serving.max_threshold {self.max_threshold}")
+        return self
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -327,6 +345,7 @@ class Config(_Section):
     diffusion_rl: DiffusionRlConfig = DiffusionRlConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

@@ -1,0 +1,81 @@
+"""What the service loads: checkpoints plus the config and feature-store location, in one directory.
+
+Packaging writes it into the BentoML model store (``components/serving/package.py``), so a built
+Bento holds its models and needs neither the MLflow server nor the artifact root at run time.
+Layout::
+
+    serving.json     {"config": {...}, "feature_store_dir": "...", "models": {"diffusion": {...}, "ar": {...}}}
+    diffusion/       the student's checkpoint (save_model layout)
+    ar/              its AR teacher's checkpoint, when packaged
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping
+
+from components.config import Config
+from components.modeling.factory import load_model
+from components.serving.engine import FeastFeatures, ModelInfo, Reranker, ServedModel
+from components.serving.request import Decoder
+
+MANIFEST = "serving.json"
+
+
+def write_bundle(
+    out_dir: str | Path, cfg: Config, checkpoints: Mapping[Decoder, tuple[str | Path, ModelInfo]], feature_store_dir: str | Path
+) -> Path:
+    """Copy the checkpoints into ``out_dir`` and write the manifest.
+
+    Args:
+        out_dir: an empty or missing directory (a BentoML model's ``path``).
+        cfg: the config the models were trained with: prompts, list size, decoding and serving
+            settings, and how to open the feature store.
+        checkpoints: per decoder, a local checkpoint directory and the registered version it is.
+        feature_store_dir: the Feast store directory (``feature_store_dir`` of the features stage);
+            the online store is state the service reads, not something to copy.
+
+    Returns:
+        ``out_dir``.
+    """
+    if not checkpoints:
+        raise ValueError("a bundle needs at least one checkpoint")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for decoder, (checkpoint, info) in checkpoints.items():
+        shutil.copytree(checkpoint, out / decoder, dirs_exist_ok=True)
+        models[decoder] = {"dir": decoder, **asdict(info)}
+    manifest = {"config": cfg.model_dump(mode="json"), "feature_store_dir": str(Path(feature_store_dir).resolve()), "models": models}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return out
+
+
+def read_manifest(bundle_dir: str | Path) -> dict:
+    """The manifest of a bundle; FileNotFoundError names the directory when it has none."""
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{bundle_dir} is not a serving bundle: it has no {MANIFEST}")
+    return json.loads(path.read_text())
+
+
+def load_reranker(bundle_dir: str | Path) -> Reranker:
+    """Load every packaged model and open the feature store.
+
+    Raises:
+        FileNotFoundError: no manifest, or the feature store directory is gone.
+    """
+    manifest = read_manifest(bundle_dir)
+    cfg = Config.model_validate(manifest["config"])
+    store_dir = Path(manifest["feature_store_dir"])
+    # A sqlite online store lives in this directory; Redis needs none, but Feast keeps state here too.
+    if cfg.features.online_store == "sqlite" and not store_dir.is_dir():
+        raise FileNotFoundError(f"feature store directory {store_dir} does not exist; run the data flow or repackage")
+    models = {}
+    for decoder, entry in manifest["models"].items():
+        model, tokenizer, _ = load_model(Path(bundle_dir) / entry["dir"])
+        models[decoder] = ServedModel(model, tokenizer, ModelInfo(entry["name"], entry["version"], entry.get("alias")))
+    return Reranker(cfg, models, FeastFeatures(cfg, store_dir))

@@ -1,0 +1,208 @@
+"""The re-ranker behind ``POST /rerank``: features -> prompt -> batched decode -> a safe ranking.
+
+Plain Python with no BentoML inside, so it is tested without a server. The service
+(``deploy/service.py``) adds HTTP, batching across requests and metrics around it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from components.config import Config
+from components.decoding.ar import generate
+from components.decoding.block import generate_blocks
+from components.evaluation.stage import is_block_diffusion
+from components.prompts.answer import parse_answer, ranking_or_fallback
+from components.prompts.render import CatalogItem, ItemCatalog, render_messages
+from components.serving.request import Decoder, RequestError, RerankRequest
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which registered version answers: ``alias`` is the alias it was packaged under, if any."""
+
+    name: str
+    version: str
+    alias: str | None = None
+
+
+@dataclass
+class ServedModel:
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+
+
+class FeatureSource(Protocol):
+    """Where user histories and item features come from (the Feast online store in production)."""
+
+    def history(self, user_id: str) -> list[str] | None:
+        """The user's item ids, oldest first; None for a user the store does not know."""
+
+    def items(self, item_ids: Sequence[str]) -> dict[str, CatalogItem]:
+        """Features of the known items among ``item_ids``; unknown ones are left out."""
+
+
+class FeastFeatures:
+    """User histories and item features from the Feast online store (feature service reranker_v1)."""
+
+    def __init__(self, cfg: Config, store_dir: str | Path) -> None:
+        from feature_repo.store import open_store
+
+        self._store = open_store(cfg, Path(store_dir))
+        # Requests are prepared on a thread pool; one reader at a time keeps Feast's registry
+        # cache and sqlite connection out of concurrent use.
+        self._lock = threading.Lock()
+
+    def history(self, user_id: str) -> list[str] | None:
+        from feature_repo.store import HISTORY_COLUMN, online_features
+
+        with self._lock:
+            row = online_features(self._store, [user_id], [])["users"].get(user_id) or {}
+        # Every user in a 5-core dataset has interactions, so an empty history is an unknown user.
+        history = list(row.get(HISTORY_COLUMN) or [])
+        return history or None
+
+    def items(self, item_ids: Sequence[str]) -> dict[str, CatalogItem]:
+        from feature_repo.store import online_features
+
+        with self._lock:
+            rows = online_features(self._store, [], list(item_ids))["items"]
+        return {
+            item_id: CatalogItem(
+                item_id=item_id,
+                sid=row["sid"],
+                title=row.get("title") or "",
+                brand=row.get("brand") or None,
+                categories=tuple(row.get("categories") or ()),
+            )
+            for item_id, row in rows.items()
+            if row.get("sid")
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request whose ids all resolved, with its rendered prompt."""
+
+    request: RerankRequest
+    prompt: str
+    candidate_sids: list[str]
+    catalog: ItemCatalog
+
+
+class Reranker:
+    """Validates requests against the features, renders prompts and decodes them in batches."""
+
+    def __init__(self, cfg: Config, models: Mapping[Decoder, ServedModel], features: FeatureSource) -> None:
+        if "diffusion" in models and not is_block_diffusion(models["diffusion"].model):
+            raise ValueError("the diffusion decoder needs a block-diffusion model; this one is autoregressive")
+        if "ar" in models and is_block_diffusion(models["ar"].model):
+            raise ValueError("the ar decoder needs an autoregressive model; this one was converted to block diffusion")
+        if not models:
+            raise ValueError("a re-ranker needs at least one model")
+        tau = cfg.evaluation.serving_threshold
+        if not cfg.serving.min_threshold <= tau <= cfg.serving.max_threshold:
+            raise ValueError(f"evaluation.serving_threshold {tau} is outside serving's allowed range")
+        self.cfg = cfg
+        self.models = dict(models)
+        self.features = features
+        # Prompts state the list length, and the models were trained on this one size.
+        self.allowed_sizes = (cfg.candidates.num_candidates,)
+
+    def prepare(self, request: RerankRequest) -> Prepared:
+        """Resolve the history and item features and render the prompt.
+
+        Raises:
+            RequestError: 422 for a decoder this deployment does not serve or unknown item ids
+                (all of them listed), 404 for an unknown user without an explicit history.
+        """
+        if request.decoder not in self.models:
+            raise RequestError(422, "decoder", f"{request.decoder!r} is not served by this deployment; served: {', '.join(self.models)}")
+        history = request.history
+        if history is None:
+            assert request.user_id is not None  # parse_request guarantees one of the two
+            history = self.features.history(request.user_id)
+            if history is None:
+                raise RequestError(404, "user_id", f"user {request.user_id!r} is not in the feature store; send an explicit history")
+            history = history[-self.cfg.candidates.history_max :]
+        wanted = list(dict.fromkeys([*request.candidates, *history]))
+        found = self.features.items(wanted)
+        unknown_candidates = [i for i in request.candidates if i not in found]
+        if unknown_candidates:
+            raise RequestError(422, "candidates", "unknown item ids (not in the feature store)", unknown_items=unknown_candidates)
+        unknown_history = [i for i in history if i not in found]
+        if unknown_history:
+            raise RequestError(422, "history", "unknown item ids (not in the feature store)", unknown_items=unknown_history)
+        catalog = ItemCatalog(found[i] for i in wanted)
+        served = self.models[request.decoder]
+        messages = render_messages(history, request.candidates, catalog, self.cfg.prompts)
+        prompt = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return Prepared(request, prompt, catalog.sids(request.candidates), catalog)
+
+    def batch_key(self, prepared: Prepared) -> tuple[Decoder, float | None]:
+        """Requests decode together only with the same decoder and threshold."""
+        request = prepared.request
+        if request.decoder == "ar":
+            return ("ar", None)
+        return ("diffusion", request.threshold if request.threshold is not None else self.cfg.evaluation.serving_threshold)
+
+    def decode(self, key: tuple[Decoder, float | None], batch: list[Prepared]) -> list[dict[str, Any]]:
+        """Decode one batch of prepared requests that share ``key`` and answer each one.
+
+        Returns:
+            One response per request, in order: ``ranking`` (item ids; the pre-rank order when
+            the output is not a permutation of the candidates), ``valid``, ``fallback``,
+            ``model``, ``decode`` (``forward_passes`` and ``output_tokens`` of this request,
+            ``ms`` and ``batch_size`` of the decode it shared) and ``reasoning`` when asked for.
+        """
+        decoder, threshold = key
+        served = self.models[decoder]
+        prompts = [p.prompt for p in batch]
+        max_new_tokens = self.cfg.evaluation.max_new_tokens
+        if decoder == "diffusion":
+            generation = generate_blocks(served.model, served.tokenizer, prompts, max_new_tokens, threshold=threshold, batch_size=len(prompts))
+            forwards = list(generation.sequence_forward_passes)
+        else:
+            generation = generate(served.model, served.tokenizer, prompts, max_new_tokens, batch_size=len(prompts))
+            # One forward per generated token: the prefill yields the first, each step one more.
+            forwards = [len(ids) for ids in generation.token_ids]
+        ms = round(generation.seconds * 1000, 1)
+        return [
+            self._answer(p, text, served.info, forward, len(ids), ms, len(batch))
+            for p, text, forward, ids in zip(batch, generation.texts, forwards, generation.token_ids)
+        ]
+
+    @staticmethod
+    def _answer(prepared: Prepared, text: str, info: ModelInfo, forwards: int, tokens: int, ms: float, batch_size: int) -> dict[str, Any]:
+        parsed = parse_answer(text, prepared.candidate_sids)
+        ranking_sids, fell_back = ranking_or_fallback(parsed, prepared.candidate_sids)
+        response: dict[str, Any] = {
+            "ranking": [prepared.catalog.item_id(sid) for sid in ranking_sids],
+            "valid": parsed.valid,
+            "fallback": fell_back,
+            "model": {"name": info.name, "version": info.version, "alias": info.alias},
+            "decode": {"forward_passes": forwards, "output_tokens": tokens, "ms": ms, "batch_size": batch_size},
+        }
+        if prepared.request.return_reasoning:
+            response["reasoning"] = parsed.reasoning
+        return response
+
+    def fallback_answer(self, prepared: Prepared) -> dict[str, Any]:
+        """The answer when decoding itself failed: the pre-rank order, no output."""
+        info = self.models[prepared.request.decoder].info
+        return self._answer(prepared, "", info, 0, 0, 0.0, 0)
+
+    def warm_up(self) -> None:
+        """One short decode per model, so the first request does not pay for lazy initialisation."""
+        for decoder, served in self.models.items():
+            prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "warm-up"}], tokenize=False, add_generation_prompt=True)
+            if decoder == "diffusion":
+                generate_blocks(served.model, served.tokenizer, [prompt], 8, threshold=self.cfg.evaluation.serving_threshold)
+            else:
+                generate(served.model, served.tokenizer, [prompt], 8)
+

@@ -1,0 +1,218 @@
+"""The BentoML re-ranking service: ``POST /rerank`` over the packaged Diffusion-GR2 model.
+
+BentoML stays at this edge: request checks, prompts, decoding and the fallback live in
+``components/serving``. The model comes from the BentoML model store (``DGR2_BENTO_MODEL``,
+default the newest ``dgr2-reranker``), written there by ``components.serving.package``.
+
+Environment:
+    DGR2_BENTO_MODEL  the bundle to serve (``dgr2-reranker:<tag>``); packaging pins it in a Bento.
+    DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import bentoml
+from starlette.responses import JSONResponse
+
+from components.serving.batching import MicroBatcher
+from components.serving.bundle import load_reranker
+from components.serving.engine import Prepared
+from components.serving.request import RequestError, parse_json, parse_request
+
+BUNDLE_TAG = os.environ.get("DGR2_BENTO_MODEL", "dgr2-reranker:latest")
+API_KEY_ENV = "DGR2_API_KEY"
+RERANK_PATH = "/rerank"
+logger = logging.getLogger("dgr2.service")
+
+RESPONSES = bentoml.metrics.Counter(
+    name="dgr2_rerank_responses",
+    documentation="Answered re-rank requests, by decoder and whether the pre-rank order replaced the model's output.",
+    labelnames=["decoder", "fallback"],
+)
+FALLBACK_RATE = bentoml.metrics.Gauge(
+    name="dgr2_rerank_fallback_rate",
+    documentation="Share of answered requests since start that fell back to the pre-rank order.",
+    labelnames=["decoder"],
+)
+REJECTED = bentoml.metrics.Counter(
+    name="dgr2_rerank_rejected",
+    documentation="Refused re-rank requests, by HTTP status and offending field.",
+    labelnames=["status", "field"],
+)
+DECODE_ERRORS = bentoml.metrics.Counter(
+    name="dgr2_rerank_decode_errors",
+    documentation="Decodes that raised; their requests were answered with the pre-rank order.",
+    labelnames=["decoder"],
+)
+FORWARD_PASSES = bentoml.metrics.Histogram(
+    name="dgr2_rerank_forward_passes",
+    documentation="Model forward passes per request.",
+    labelnames=["decoder"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="dgr2_rerank_batch_size",
+    documentation="Requests decoded together.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+
+
+@dataclass
+class GuardSettings:
+    """Limits the transport guard enforces; the service sets them from its config when it loads."""
+
+    max_body_bytes: int = 65536
+
+
+GUARD = GuardSettings()
+
+
+def _reject(error: RequestError) -> JSONResponse:
+    REJECTED.labels(status=str(error.status), field=error.field).inc()
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+class RequestGuard:
+    """ASGI middleware for ``/rerank``: API key (401), body size (413) and JSON syntax (400).
+
+    These are checked before BentoML parses the body, whose own errors would not name the field.
+    """
+
+    def __init__(self, app: Any, settings: GuardSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") != RERANK_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        error = self._check_key(headers) or self._check_length(headers)
+        if error is None:
+            body, error = await self._read_body(receive)
+        if error is None:
+            try:
+                parse_json(body)
+            except RequestError as exc:
+                error = exc
+        if error is not None:
+            await _reject(error)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body), send)
+
+    @staticmethod
+    def _check_key(headers: dict[str, str]) -> RequestError | None:
+        expected = os.environ.get(API_KEY_ENV)
+        if not expected:
+            return None
+        bearer = headers.get("authorization", "")
+        presented = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        if hmac.compare_digest(presented.encode(), expected.encode()):
+            return None
+        reason = "is missing" if not presented else "is wrong"
+        return RequestError(401, "authorization", f"API key {reason}; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+    def _check_length(self, headers: dict[str, str]) -> RequestError | None:
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            return RequestError(413, "body", f"is {declared} bytes; the limit is {self.settings.max_body_bytes}")
+        return None
+
+    async def _read_body(self, receive: Any) -> tuple[bytes, RequestError | None]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", RequestError(400, "body", "the client disconnected before sending it")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            # A chunked body declares no length, so count it as it arrives.
+            if size > self.settings.max_body_bytes:
+                return b"", RequestError(413, "body", f"exceeds the limit of {self.settings.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+def _replay(body: bytes) -> Any:
+    """An ASGI receive that hands the already-read body to the app once."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+@bentoml.service(name="dgr2-reranker", workers=1, traffic={"timeout": 120, "max_concurrency": 64})
+class ReRanker:
+    bundle = bentoml.models.BentoModel(BUNDLE_TAG)
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.reranker = load_reranker(self.bundle.path)
+        cfg = self.reranker.cfg
+        GUARD.max_body_bytes = cfg.serving.max_body_bytes
+        self.batcher: MicroBatcher[Prepared, dict[str, Any]] = MicroBatcher(
+            self._decode_batch, cfg.serving.max_batch_size, cfg.serving.max_batch_wait_ms / 1000
+        )
+        self.counts: dict[str, list[int]] = {}  # decoder -> [answered, fell back]
+        self.reranker.warm_up()
+        self.ready = True
+        logger.info("serving %s (%s)", self.bundle.tag, ", ".join(f"{d}: {m.info.name}/{m.info.version}" for d, m in self.reranker.models.items()))
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    def _decode_batch(self, key: Any, batch: list[Prepared]) -> list[dict[str, Any]]:
+        BATCH_SIZE.observe(len(batch))
+        try:
+            return self.reranker.decode(key, batch)
+        except Exception:  # noqa: BLE001 - the service never answers without a ranking
+            logger.exception("decoding a batch of %d failed; answering with the pre-rank order", len(batch))
+            DECODE_ERRORS.labels(decoder=key[0]).inc(len(batch))
+            return [self.reranker.fallback_answer(p) for p in batch]
+
+    def _count(self, decoder: str, response: dict[str, Any]) -> None:
+        answered, fell_back = self.counts.setdefault(decoder, [0, 0])
+        self.counts[decoder] = [answered + 1, fell_back + int(response["fallback"])]
+        RESPONSES.labels(decoder=decoder, fallback=str(response["fallback"]).lower()).inc()
+        FALLBACK_RATE.labels(decoder=decoder).set(self.counts[decoder][1] / self.counts[decoder][0])
+        FORWARD_PASSES.labels(decoder=decoder).observe(response["decode"]["forward_passes"])
+
+    # The body arrives as one JSON object (positional-only: BentoML then passes the whole body);
+    # RequestGuard has already checked its size and syntax.
+    @bentoml.api(route=RERANK_PATH)
+    async def rerank(self, body: Any, /) -> dict[str, Any]:
+        """Re-rank candidates for a user.
+
+        Body: ``{"user_id": str}`` or ``{"history": [item_id, ...]}``, ``"candidates": [item_id, ...]``
+        in pre-rank order (the trained list size), optional ``"decoder": "diffusion" | "ar"``,
+        ``"threshold"`` (tau, diffusion only) and ``"return_reasoning"``. Answer: ``ranking``
+        (item ids; the pre-rank order with ``fallback: true`` when the model's output is not a
+        permutation of the candidates), ``valid``, ``fallback``, ``model`` and ``decode``.
+        Errors name the ``field`` and the ``reason``.
+        """
+        try:
+            request = parse_request(body, self.reranker.cfg, self.reranker.allowed_sizes)
+            # Feature-store reads block; keep them off the event loop that accepts requests.
+            prepared = await anyio.to_thread.run_sync(self.reranker.prepare, request)
+        except RequestError as error:
+            return _reject(error)
+        response = await self.batcher.submit(self.reranker.batch_key(prepared), prepared)
+        self._count(request.decoder, response)
+        return response
+
+
+ReRanker.add_asgi_middleware(RequestGuard, settings=GUARD)

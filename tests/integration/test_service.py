@@ -1,0 +1,190 @@
+"""The re-ranking service over HTTP: a real ``bentoml serve`` of a Bento built by the packaging step.
+
+Once per module: a tiny catalog in a materialized Feast store, a random tiny student and its AR
+teacher registered in MLflow (the student as ``diffusion-gr2@champion`` with the teacher in its
+lineage), ``python -m components.serving.package`` importing both into a BentoML model store and
+building the Bento, and ``bentoml serve`` of that Bento on 127.0.0.1 with an API key. Untrained
+models never write a valid answer, so every ranking is the fallback.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from components.config import load_config
+from components.tracking.registry import register
+from components.tracking.runs import RecipeRuns, client
+from components.training.diffusion import DIFFUSION_RL_STAGE
+from components.training.teacher import RL_STAGE
+from tests.conftest import REPO_ROOT
+from tests.unit.serving.tiny_service import HISTORIES, ITEM_IDS, build_store
+from tests.unit.tiny_lm import publish_checkpoint
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CANDIDATES = ITEM_IDS[4:14]
+READY_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _register_models(overrides: list[str], root: Path) -> None:
+    cfg = load_config(None, overrides)
+    runs = RecipeRuns.start(cfg, "service test", {"dataset_version": "tiny"})
+    versions = {}
+    for name, stage, block_size, parent in (("gr2-ar", RL_STAGE, None, "base"), ("diffusion-gr2", DIFFUSION_RL_STAGE, 4, "gr2-ar/1")):
+        checkpoint = publish_checkpoint(str(root / "artifacts" / stage.name / name), cfg.storage.work_dir, block_size=block_size)
+        run_id = runs.log_stage(name, stage, {"outputs": {"model_uri": checkpoint}, "metrics": {}, "seconds": 1.0})
+        versions[name] = register(cfg, name, checkpoint, run_id, stage.name, "tiny", parent)
+    client(cfg).set_registered_model_alias("diffusion-gr2", "champion", versions["diffusion-gr2"].version)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("service")
+    overrides = [
+        f"storage.artifact_root={root / 'artifacts'}",
+        f"storage.work_dir={root / 'work'}",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        "evaluation.max_new_tokens=8",
+        "serving.max_batch_wait_ms=50",
+    ]
+    store_dir = build_store(load_config(None, overrides), root / "feast")
+    _register_models(overrides, root)
+    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml")}
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    packaged = subprocess.run(
+        [sys.executable, "-m", "components.serving.package", *sets, "--feature-store", str(store_dir)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300,
+    )
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
+    tags = json.loads(packaged.stdout.strip().splitlines()[-1])
+    assert tags["student"] == "diffusion-gr2/1" and tags["teacher"] == "gr2-ar/1" and tags["bento_tag"]
+
+    port = _free_port()
+    log = open(root / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", tags["bento_tag"], "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**env, "DGR2_API_KEY": API_KEY}, cwd=root, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert process.poll() is None, (root / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT_S} s: " + (root / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+        log.close()
+
+
+def _rerank(url: str, payload: object, headers: dict[str, str] = AUTH) -> httpx.Response:
+    return httpx.post(f"{url}/rerank", json=payload, headers=headers, timeout=120)
+
+
+def test_probes(server: str) -> None:
+    for probe in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(f"{server}{probe}").status_code == 200
+
+
+def test_good_request_by_user_falls_back_with_an_untrained_model(server: str) -> None:
+    response = _rerank(server, {"user_id": "u0", "candidates": CANDIDATES, "return_reasoning": True})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["ranking"] == CANDIDATES
+    assert (answer["valid"], answer["fallback"], answer["reasoning"]) == (False, True, None)
+    assert answer["model"] == {"name": "diffusion-gr2", "version": "1", "alias": "champion"}
+    assert answer["decode"]["forward_passes"] >= 1 and 1 <= answer["decode"]["output_tokens"] <= 8 and answer["decode"]["ms"] > 0
+
+
+def test_explicit_history_with_the_ar_decoder(server: str) -> None:
+    response = _rerank(server, {"history": HISTORIES["u1"], "candidates": CANDIDATES, "decoder": "ar"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["ranking"] == CANDIDATES and answer["fallback"] and "reasoning" not in answer
+    assert answer["model"] == {"name": "gr2-ar", "version": "1", "alias": None}
+
+
+def test_concurrent_requests_are_decoded_together(server: str) -> None:
+    payloads = [{"user_id": f"u{k}", "candidates": CANDIDATES, "threshold": 0.7} for k in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        responses = list(pool.map(lambda p: _rerank(server, p), payloads))
+    assert [r.status_code for r in responses] == [200] * len(payloads)
+    assert max(r.json()["decode"]["batch_size"] for r in responses) > 1
+
+
+@pytest.mark.parametrize(
+    "payload, status, field, detail",
+    [
+        ({"user_id": "u0", "candidates": [*CANDIDATES[:8], "nope", "gone"]}, 422, "candidates", {"unknown_items": ["nope", "gone"]}),
+        ({"user_id": "u0", "candidates": [*CANDIDATES[:9], CANDIDATES[0]]}, 422, "candidates", {"duplicates": [CANDIDATES[0]]}),
+        ({"user_id": "u0", "candidates": CANDIDATES[:9]}, 422, "candidates", {}),
+        ({"user_id": "u0", "candidates": CANDIDATES, "threshold": 0.1}, 422, "threshold", {}),
+        ({"user_id": "stranger", "candidates": CANDIDATES}, 404, "user_id", {}),
+        ([1, 2, 3], 422, "body", {}),
+    ],
+)
+def test_bad_input_is_answered_with_the_field_and_why(server: str, payload: object, status: int, field: str, detail: dict) -> None:
+    response = _rerank(server, payload)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["field"] == field and body["reason"] and body["error"].startswith(f"{field}: ")
+    assert detail.items() <= body.items()
+
+
+def test_malformed_json_and_oversized_bodies(server: str) -> None:
+    malformed = httpx.post(f"{server}/rerank", content=b'{"user_id": "u0", "candidates": [', headers={**AUTH, "Content-Type": "application/json"})
+    assert malformed.status_code == 400 and malformed.json()["field"] == "body"
+    assert "not valid JSON" in malformed.json()["reason"]
+    oversized = _rerank(server, {"user_id": "u0", "candidates": CANDIDATES, "history": ["p00"] * 20_000})
+    assert oversized.status_code == 413 and oversized.json()["field"] == "body"
+
+
+def test_api_key(server: str) -> None:
+    payload = {"user_id": "u0", "candidates": CANDIDATES}
+    missing = _rerank(server, payload, headers={})
+    wrong = _rerank(server, payload, headers={"X-API-Key": "guess"})
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.json()["field"] == "authorization" and "missing" in missing.json()["reason"]
+    assert "wrong" in wrong.json()["reason"]
+
+
+def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None:
+    assert _rerank(server, {"user_id": "u2", "candidates": CANDIDATES}, headers={"X-API-Key": API_KEY}).status_code == 200
+    metrics = httpx.get(f"{server}/metrics").text
+    # The gauge carries a pid label too (BentoML's multiprocess metrics).
+    assert re.search(r'dgr2_rerank_fallback_rate\{decoder="diffusion"[^}]*\} 1\.0', metrics)
+    assert 'dgr2_rerank_responses_total{decoder="diffusion",fallback="true"}' in metrics
+    assert "dgr2_rerank_forward_passes_bucket" in metrics and "dgr2_rerank_batch_size_bucket" in metrics
+    assert 'dgr2_rerank_rejected_total{field="candidates",status="422"}' in metrics
+    assert "bentoml_service_request_duration_seconds" in metrics
