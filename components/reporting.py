@@ -208,7 +208,9 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
     if summary.get("speed"):
         lines += ["## Speed", "", speed_table(summary["speed"]), ""]
     if summary.get("registry"):
-        lines += ["## Registry", ""] + [f"- `{name}` version {v['version']} (`{v['model_uri']}`)" for name, v in summary["registry"].items()] + [""]
+        lines += ["## Registry", ""]
+        lines += [f"- [`{name}` version {v['version']}]({v['url']}) (`{v['model_uri']}`)" for name, v in summary["registry"].items()]
+        lines.append("")
     if summary.get("promotion"):
         lines += [promotion_markdown(summary["promotion"], summary["promotion"]), ""]
     if summary.get("tracking"):
@@ -221,6 +223,8 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
                 f"- champion: `models:/{promotion['name']}@champion` (version {champion}); serve it with"
                 f" `mlflow models serve -m models:/{promotion['name']}@champion --env-manager local -h 127.0.0.1 -p 5001`"
             )
+        elif promotion:
+            lines.append(f"- no champion yet: `{promotion['name']}` version {promotion['version']} stays challenger (gate checks above)")
         lines.append("")
     lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]
     for name, stage in summary["stages"].items():

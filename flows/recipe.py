@@ -29,7 +29,7 @@ from components.modeling.build import BASE_MODEL_STAGE
 from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
 from components.tracking.promotion import CHAMPION, GateMetrics, promote
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
-from components.tracking.runs import RecipeRuns, client, run_url, tracking_uri, ui_command
+from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
 from components.traces.build import TRACES_STAGE
 from components.training.diffusion import (
     CFT_STAGE,
@@ -44,7 +44,7 @@ from components.training.diffusion import (
     run_opd,
     teacher_model,
 )
-from components.training.teacher import MIDTRAIN_STAGE, RL_STAGE, SFT_STAGE, run_teacher, training_inputs
+from components.training.teacher import MIDTRAIN_STAGE, RL_STAGE, SFT_STAGE, run_teacher, summarize_stages, training_inputs
 from flows.caching import io_error, output_cache_key, task_runner
 from flows.data import data_flow
 from flows.teacher import TEACHER_TASKS
@@ -132,8 +132,9 @@ DATA_SECTIONS = ("data", "validation", "semantic_ids", "candidates", "prompts", 
 @task(name="register", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
 def register_task(cfg: dict[str, Any], name: str, model_uri: str, run_id: str, stage: str, dataset_version: str, parent: str) -> dict[str, Any]:
     """Register a trained model (logged as a pyfunc in its stage's child run) with its lineage tags."""
-    version = register(Config.model_validate(cfg), name, model_uri, run_id, stage, dataset_version, parent)
-    return asdict(version)
+    config = Config.model_validate(cfg)
+    version = register(config, name, model_uri, run_id, stage, dataset_version, parent)
+    return asdict(version) | {"url": model_version_url(config, name, version.version)}
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
@@ -141,7 +142,7 @@ def promote_task(cfg: dict[str, Any], version: dict[str, Any], challenger: dict[
     """Challenger alias, gate decision on the version's tags, then the champion alias if it passed."""
     decision = promote(
         Config.model_validate(cfg),
-        ModelVersion(**version),
+        ModelVersion(**{key: version[key] for key in ("name", "version", "model_uri", "run_id")}),
         GateMetrics.from_evaluation(challenger),
         GateMetrics.from_evaluation(champion) if champion is not None else None,
     )
@@ -188,7 +189,7 @@ def _register_and_promote(
     cfg = config.model_dump(mode="json")
     tracking = config.tracking
     teacher_uri = summary["teacher_model_uri"]
-    base = summary["stage_metrics"].get("base_model", {}).get("source", "warm start")
+    base = summary["stage_metrics"].get("base_model", {}).get("source") or f"warm start from {summary['warm_start'].get('teacher')}"
     teacher_run, teacher_stage = lineage.model_runs[teacher_uri]
     teacher = register_task(cfg, tracking.teacher_model_name, teacher_uri, teacher_run, teacher_stage, summary["dataset_version"], base)
     result: dict[str, Any] = {"registry": {tracking.teacher_model_name: teacher}}
@@ -203,12 +204,19 @@ def _register_and_promote(
     )
     result["registry"][tracking.student_model_name] = student
     tau = str(config.evaluation.serving_threshold)
-    challenger = run(f"evaluate {final} (tau={tau})", "evaluate", student_uri, *data, tau)["metrics"]
+    stages: dict[str, dict[str, Any]] = {}
+
+    def evaluate(name: str, model_uri: str) -> dict[str, Any]:
+        stages[name] = run(name, "evaluate", model_uri, *data, tau)
+        return stages[name]["metrics"]
+
+    # The sweep holds the serving tau unless evaluation.thresholds leaves it out.
+    challenger = summary["sweep"].get(tau) or evaluate(f"evaluate {final} (tau={tau})", student_uri)
     champion_report = None
     current = version_by_alias(config, tracking.student_model_name, CHAMPION)
     if current is not None and str(current.version) != student["version"]:
-        champion_uri = version_checkpoint(config, current)
-        champion_report = run(f"evaluate champion v{current.version} (tau={tau})", "evaluate", champion_uri, *data, tau)["metrics"]
+        champion_report = evaluate(f"evaluate champion v{current.version} (tau={tau})", version_checkpoint(config, current))
+    summary["stages"] |= summarize_stages(stages)["stages"]
     result["promotion"] = promote_task(cfg, student, challenger, champion_report) | {"name": student["name"], "version": student["version"]}
     return result
 

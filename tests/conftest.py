@@ -22,8 +22,11 @@ os.environ.update(
 for _variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
     os.environ.pop(_variable, None)
 
+import gzip  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from components.config import Config, load_config  # noqa: E402
@@ -43,3 +46,16 @@ def make_config(tmp_path: Path):
         )
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def beauty_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 users of the bundled data and the items they touched, in the bundled layout."""
+    directory = tmp_path_factory.mktemp("beauty-slice")
+    interactions = pd.read_csv(BUNDLED_DATA / "interactions.tsv.gz", sep="\t")
+    interactions = interactions[interactions["user_id"] <= 300]
+    interactions.to_csv(directory / "interactions.tsv.gz", sep="\t", index=False)
+    wanted = set(interactions["item_id"])
+    with gzip.open(BUNDLED_DATA / "items.jsonl.gz", "rt") as source, open(directory / "items.jsonl", "w") as target:
+        target.writelines(line for line in source if json.loads(line)["item_id"] in wanted)
+    return directory

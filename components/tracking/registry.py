@@ -111,15 +111,16 @@ def version_checkpoint(cfg: Config, version: Any) -> str:
     """A storage URI holding a registered version's checkpoint: its ``model_uri`` in the artifact
     root when still there, else the copy logged with the version, downloaded into the work dir."""
     import mlflow.artifacts
+    from mlflow.models import Model
 
     model_uri = version.tags.get("model_uri", "")
     if model_uri and storage.exists(model_uri):
         return model_uri
     target = Path(cfg.storage.work_dir) / "registry" / f"{version.name}-{version.version}"
-    if not (target / CHECKPOINT).is_dir():
+    if not (target / "MLmodel").is_file():
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}",
-            dst_path=str(target),
-            tracking_uri=client(cfg).tracking_uri,
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(target), tracking_uri=client(cfg).tracking_uri
         )
-    return str(target / "artifacts" / CHECKPOINT) if (target / "artifacts" / CHECKPOINT).is_dir() else str(target / CHECKPOINT)
+    # The pyfunc keeps each artifact under a path of its own, recorded in its MLmodel file.
+    artifacts = Model.load(str(target / "MLmodel")).flavors["python_function"]["artifacts"]
+    return str(target / artifacts[CHECKPOINT]["path"])

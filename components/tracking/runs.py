@@ -157,6 +157,11 @@ def run_url(cfg: Config, experiment: str, run_id: str) -> str:
     return f"{ui_base(cfg)}/#/experiments/{experiment}/runs/{run_id}"
 
 
+def model_version_url(cfg: Config, name: str, version: str) -> str:
+    """Where a registered model version shows in the MLflow UI."""
+    return f"{ui_base(cfg)}/#/models/{name}/versions/{version}"
+
+
 def ui_base(cfg: Config) -> str:
     uri = tracking_uri(cfg)
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

@@ -147,3 +147,46 @@ def test_versions_carry_lineage_and_load_as_pyfunc(tracked) -> None:
     model = mlflow.pyfunc.load_model(f"models:/diffusion-gr2/{version.version}")
     answers = model.predict(chat_prompts(tiny_tokenizer()), params={"threshold": 0.5})
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
+def test_warm_start_finds_the_champion_and_its_teacher_even_when_the_artifact_root_is_gone(tracked, tmp_path: Path) -> None:
+    import shutil
+
+    from flows.recipe import _champion_start
+    from flows.retrain import metric_drift
+
+    cfg, checkpoint = tracked
+    assert _champion_start(cfg) == {}
+    runs = RecipeRuns.start(cfg, "recipe test", {"dataset_version": "d1"})
+    teacher_uri = publish_checkpoint(str(tmp_path / "artifacts" / "rl" / "teacher"), cfg.storage.work_dir, 7, block_size=None)
+    teacher_run = runs.log_stage("rl", DIFFUSION_RL_STAGE, {"outputs": {"model_uri": teacher_uri}, "metrics": {}, "seconds": 1.0})
+    teacher = register(cfg, "gr2-ar", teacher_uri, teacher_run, "rl", "d1", "preset:tiny")
+    student_uri = checkpoint(0)
+    student_run = runs.log_stage("diffusion_rl", DIFFUSION_RL_STAGE, {"outputs": {"model_uri": student_uri}, "metrics": {}, "seconds": 1.0})
+    student = register(cfg, "diffusion-gr2", student_uri, student_run, "diffusion_rl", "d1", teacher.ref)
+    assert promote(cfg, student, GOOD, None).promote
+
+    assert _champion_start(cfg) == {"student": student_uri, "teacher": teacher_uri}
+    # Someone cleaned the artifact root: the checkpoints logged with the versions serve instead.
+    shutil.rmtree(tmp_path / "artifacts")
+    start = _champion_start(cfg)
+    assert set(start) == {"student", "teacher"}
+    for role, seed in (("student", 0), ("teacher", 7)):
+        assert (Path(start[role]) / "model.safetensors").read_bytes() == (
+            Path(publish_checkpoint(str(tmp_path / "again" / role), cfg.storage.work_dir, seed, block_size=4 if role == "student" else None))
+            / "model.safetensors"
+        ).read_bytes()
+
+    assert metric_drift({"recall_at_1": 0.30, "valid_rate": 1.0}, {"recall_at_1": 0.28, "valid_rate": 1.0, "examples": 9}) == pytest.approx(
+        {"recall_at_1": -0.02, "valid_rate": 0.0}
+    )
+
+
+def test_the_promotion_artifact_shows_the_verdict_and_every_check() -> None:
+    from components.reporting import promotion_markdown
+
+    decision = decide(GateMetrics(**(GOOD.__dict__ | {"ndcg_at_3": 0.40})), GOOD, PromotionConfig()).to_dict() | {"champion_version": "1"}
+    markdown = promotion_markdown({"name": "diffusion-gr2", "version": "2"}, decision)
+    assert "`diffusion-gr2` version 2 stays challenger" in markdown and "champion version 1" in markdown
+    assert all(f"- {check}" in markdown for check in decision["checks"])
+    assert "FAIL: ndcg_at_3 0.4000 >= champion 0.4500 - 0.0" in markdown
