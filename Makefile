@@ -17,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast data bench s3-up s3-down stack-up stack-down stack-status clean
+.PHONY: install run test test-fast data bench serve s3-up s3-down stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_flow.py --config configs/$(PROFILE).yaml
+
+# The registered champion (DGR2_SERVE_ALIAS=challenger: the challenger) and its AR teacher, packaged
+# into a Bento (store: $DGR2_HOME/bentoml) and served on 127.0.0.1:$DGR2_SERVE_PORT (default 3000).
+serve: $(STAMP)
+	if [ -f $(STACK_ENV) ]; then source $(STACK_ENV); fi; \
+	export BENTOML_HOME=$${BENTOML_HOME:-$$(realpath -m $${DGR2_HOME:-.dgr2})/bentoml}; \
+	alias=$${DGR2_SERVE_ALIAS:-champion}; port=$${DGR2_SERVE_PORT:-3000}; \
+	packaged=$$($(BIN)/python -m components.serving.package --config configs/$(PROFILE).yaml --alias $$alias) \
+	  || { echo "make serve: nothing to serve (see above); DGR2_SERVE_ALIAS=challenger serves the challenger" >&2; exit 2; }; \
+	bento=$$(echo "$$packaged" | tail -n 1 | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["bento_tag"])'); \
+	echo "serving $$alias ($$packaged) at http://127.0.0.1:$$port  (POST /rerank, /readyz, /metrics)"; \
+	exec $(BIN)/bentoml serve $$bento --host 127.0.0.1 --port $$port
 
 s3-up: $(STAMP)
 	PATH=$(BIN):$$PATH infra/local/s3-up.sh

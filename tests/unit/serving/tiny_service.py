@@ -1,4 +1,4 @@
-"""A tiny catalog whose SIDs are tokens of tests/unit/tiny_lm.py's tokenizer, its Feast store, and
+"""A tiny catalog whose SIDs are tokens of tests/unit/tiny_lm.py's tokenizer, and its Feast store,
 for the serving tests."""
 
 from __future__ import annotations
