@@ -9,6 +9,8 @@ build works offline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -84,11 +86,28 @@ def feature_store_of(cfg: Config, dataset_version: str) -> Path:
 
 
 def import_bundle(cfg: Config, feature_store_dir: str | Path, checkpoints: Mapping[Decoder, tuple[str | Path, ModelInfo]]) -> str:
-    """Write a serving bundle into the BentoML model store (``$BENTOML_HOME``); returns its tag."""
+    """Write a serving bundle into the BentoML model store (``$BENTOML_HOME``); returns its tag.
+
+    A bundle of the same registered versions, config and feature store is reused rather than
+    copied again: registered versions never change, and a large model's checkpoint is gigabytes.
+    """
     import bentoml
 
-    labels = {decoder: f"{info.name}/{info.version}" for decoder, (_, info) in checkpoints.items()}
-    with bentoml.models.create(BUNDLE_NAME, labels=labels, metadata={"alias": next(iter(checkpoints.values()))[1].alias or ""}) as model:
+    identity = {
+        "models": {decoder: asdict(info) for decoder, (_, info) in checkpoints.items()},
+        "config": cfg.model_dump(mode="json"),
+        "feature_store_dir": str(Path(feature_store_dir).resolve()),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    try:
+        existing = bentoml.models.list(BUNDLE_NAME)
+    except bentoml.exceptions.NotFound:  # the first bundle in this store
+        existing = []
+    for model in existing:
+        if model.info.labels.get("bundle_digest") == digest:
+            return str(model.tag)
+    labels = {"bundle_digest": digest} | {decoder: f"{info.name}/{info.version}" for decoder, (_, info) in checkpoints.items()}
+    with bentoml.models.create(BUNDLE_NAME, labels=labels) as model:
         write_bundle(model.path, cfg, checkpoints, feature_store_dir)
     return str(model.tag)
 
@@ -166,7 +185,6 @@ def package_service(
 def main(argv: list[str] | None = None) -> int:
     """``python -m components.serving.package``: package a registered version, print its tags as JSON."""
     import argparse
-    import json
 
     from components.config import ConfigError, load_config
 

@@ -88,7 +88,7 @@ def parse_request(payload: Any, cfg: Config, allowed_sizes: tuple[int, ...]) -> 
 
     Returns:
         The request; an explicit history is cut to its most recent ``history_max`` items, as the
-        training prompts were.
+        training prompts were, and is used even when a ``user_id`` is given too.
 
     Raises:
         RequestError: 422 for a wrong type, a missing or unknown field, a list of the wrong

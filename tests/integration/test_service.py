@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from components.config import load_config
+from components.serving.package import PackagingError, package_service
 from components.tracking.registry import register
 from components.tracking.runs import RecipeRuns, client
 from components.training.diffusion import DIFFUSION_RL_STAGE
@@ -57,8 +59,23 @@ def _register_models(overrides: list[str], root: Path) -> None:
     client(cfg).set_registered_model_alias("diffusion-gr2", "champion", versions["diffusion-gr2"].version)
 
 
+@dataclass(frozen=True)
+class Packaged:
+    root: Path
+    env: dict[str, str]
+    overrides: list[str]
+    args: list[str]  # the packaging command line
+    tags: dict[str, str]
+
+
+def _package(args: list[str], env: dict[str, str]) -> dict[str, str]:
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     root = tmp_path_factory.mktemp("service")
     overrides = [
         f"storage.artifact_root={root / 'artifacts'}",
@@ -71,14 +88,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _register_models(overrides, root)
     env = {**os.environ, "BENTOML_HOME": str(root / "bentoml")}
     sets = [arg for override in overrides for arg in ("--set", override)]
-    packaged = subprocess.run(
-        [sys.executable, "-m", "components.serving.package", *sets, "--feature-store", str(store_dir)],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300,
-    )
-    assert packaged.returncode == 0, packaged.stderr[-3000:]
-    tags = json.loads(packaged.stdout.strip().splitlines()[-1])
+    args = [sys.executable, "-m", "components.serving.package", *sets, "--feature-store", str(store_dir)]
+    tags = _package(args, env)
     assert tags["student"] == "diffusion-gr2/1" and tags["teacher"] == "gr2-ar/1" and tags["bento_tag"]
+    return Packaged(root, env, overrides, args, tags)
 
+
+@pytest.fixture(scope="module")
+def server(packaged: Packaged) -> Iterator[str]:
+    root, env, tags = packaged.root, packaged.env, packaged.tags
     port = _free_port()
     log = open(root / "serve.log", "w")
     process = subprocess.Popen(
@@ -188,3 +206,13 @@ def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None
     assert "dgr2_rerank_forward_passes_bucket" in metrics and "dgr2_rerank_batch_size_bucket" in metrics
     assert 'dgr2_rerank_rejected_total{field="candidates",status="422"}' in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_packaging_again_reuses_the_bundle(packaged: Packaged) -> None:
+    again = _package([*packaged.args, "--no-build"], packaged.env)
+    assert again["model_tag"] == packaged.tags["model_tag"] and again["bento_tag"] is None
+
+
+def test_packaging_without_a_version_at_the_alias_says_so(packaged: Packaged) -> None:
+    with pytest.raises(PackagingError, match="diffusion-gr2@challenger does not exist"):
+        package_service(load_config(None, packaged.overrides), alias="challenger", build=False)
