@@ -17,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
+import torch
+
 from components.config import Config
 from components.modeling.factory import load_model
 from components.serving.engine import FeastFeatures, ModelInfo, Reranker, ServedModel
@@ -71,11 +73,14 @@ def load_reranker(bundle_dir: str | Path) -> Reranker:
     manifest = read_manifest(bundle_dir)
     cfg = Config.model_validate(manifest["config"])
     store_dir = Path(manifest["feature_store_dir"])
-    # A sqlite online store lives in this directory; Redis needs none, but Feast keeps state here too.
-    if cfg.features.online_store == "sqlite" and not store_dir.is_dir():
+    # The embedded defaults keep the registry and the online store (sqlite) in this directory; a
+    # Postgres registry with a Redis online store needs nothing from it.
+    if (cfg.features.online_store == "sqlite" or not cfg.features.registry_path) and not store_dir.is_dir():
         raise FileNotFoundError(f"feature store directory {store_dir} does not exist; run the data flow or repackage")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {}
     for decoder, entry in manifest["models"].items():
         model, tokenizer, _ = load_model(Path(bundle_dir) / entry["dir"])
+        model.to(device)
         models[decoder] = ServedModel(model, tokenizer, ModelInfo(entry["name"], entry["version"], entry.get("alias")))
     return Reranker(cfg, models, FeastFeatures(cfg, store_dir))

@@ -65,6 +65,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(400, "body", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise RequestError(400, "body", "nests arrays or objects too deeply") from None
 
 
 def _id_list(payload: dict[str, Any], name: str) -> list[str]:

@@ -62,7 +62,10 @@ def test_duplicates_are_listed() -> None:
     assert caught.value.body()["duplicates"] == ["p0", "p1"]
 
 
-@pytest.mark.parametrize("body, reason", [(b'{"user_id": ', "is not valid JSON"), (b"\xff\xfe", "is not UTF-8")])
+@pytest.mark.parametrize(
+    "body, reason",
+    [(b'{"user_id": ', "is not valid JSON"), (b"\xff\xfe", "is not UTF-8"), (b"[" * 60_000 + b"]" * 60_000, "too deeply")],
+)
 def test_malformed_json_is_a_400(body: bytes, reason: str) -> None:
     with pytest.raises(RequestError) as caught:
         parse_json(body)
