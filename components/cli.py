@@ -47,6 +47,8 @@ def _project_environment(work_dir: str) -> None:
     home = Path(work_dir).resolve().parent
     defaults = {
         "PREFECT_HOME": str(home / "prefect"),
+        # Where the recipe builds a new champion's Bento and `make serve` finds it.
+        "BENTOML_HOME": str(home / "bentoml"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

@@ -219,10 +219,8 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
         promotion = summary.get("promotion") or {}
         champion = promotion.get("version") if promotion.get("promote") else promotion.get("champion_version")
         if champion:
-            lines.append(
-                f"- champion: `models:/{promotion['name']}@champion` (version {champion}); serve it with"
-                f" `mlflow models serve -m models:/{promotion['name']}@champion --env-manager local -h 127.0.0.1 -p 5001`"
-            )
+            built = f", built as Bento `{summary['package']['bento_tag']}`" if summary.get("package") else ""
+            lines.append(f"- champion: `models:/{promotion['name']}@champion` (version {champion}){built}; serve it with `make serve`")
         elif promotion:
             lines.append(f"- no champion yet: `{promotion['name']}` version {promotion['version']} stays challenger (gate checks above)")
         lines.append("")

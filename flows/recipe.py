@@ -1,4 +1,5 @@
-"""The ``recipe`` flow: data -> AR teacher -> block-diffusion conversion -> CFT -> OPD -> RL, evaluated.
+"""The ``recipe`` flow: data -> AR teacher -> block-diffusion conversion -> CFT -> OPD -> RL ->
+evaluate -> register -> promote -> package.
 
 The teacher's stages are the ``train-teacher`` flow's tasks; the diffusion stages add conversion,
 CFT, OPD, RL and the AR-vs-block speed comparison, and the evaluation task decodes converted
@@ -27,6 +28,7 @@ from components.evaluation.speed import SPEED_STAGE, compare_speed
 from components.evaluation.stage import EVALUATION_STAGE
 from components.modeling.build import BASE_MODEL_STAGE
 from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
+from components.serving.package import package_service
 from components.tracking.promotion import CHAMPION, GateMetrics, promote
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
@@ -152,6 +154,12 @@ def promote_task(cfg: dict[str, Any], version: dict[str, Any], challenger: dict[
     return decision.to_dict()
 
 
+@task(name="package", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
+def package_task(cfg: dict[str, Any], feature_store_dir: str | None) -> dict[str, Any]:
+    """The champion and its AR teacher into the BentoML model store, then ``bentoml build``."""
+    return asdict(package_service(Config.model_validate(cfg), feature_store_dir))
+
+
 def latest_report_uri(cfg: Config) -> str:
     """Where the last recipe run's summary is kept (``dgr2 report`` reads it)."""
     return storage.join(cfg.storage.artifact_root, "reports", "latest.json")
@@ -183,9 +191,10 @@ def _champion_start(config: Config) -> dict[str, str]:
 
 
 def _register_and_promote(
-    config: Config, summary: dict[str, Any], lineage: _Lineage, run: Any, data: tuple[str, str, str]
+    config: Config, summary: dict[str, Any], lineage: _Lineage, run: Any, data: tuple[str, str, str], feature_store_dir: str | None
 ) -> dict[str, Any]:
-    """Register the teacher and the final student, re-score the champion, and promote through the gates."""
+    """Register the teacher and the final student, re-score the champion, promote through the
+    gates, and package a new champion for serving."""
     cfg = config.model_dump(mode="json")
     tracking = config.tracking
     teacher_uri = summary["teacher_model_uri"]
@@ -218,6 +227,9 @@ def _register_and_promote(
         champion_report = evaluate(f"evaluate champion v{current.version} (tau={tau})", version_checkpoint(config, current))
     summary["stages"] |= summarize_stages(stages)["stages"]
     result["promotion"] = promote_task(cfg, student, challenger, champion_report) | {"name": student["name"], "version": student["version"]}
+    # A promoted model is always a built Bento; a rejected one leaves the serving Bento as it was.
+    if result["promotion"]["promote"]:
+        result["package"] = package_task(cfg, feature_store_dir)
     return result
 
 
@@ -247,7 +259,8 @@ def recipe_flow(
     Returns:
         The summary: dataset version, model URIs, tau = 1 evaluations of every model (teacher
         included), the final model's tau sweep and speed comparison, per-stage timings and facts,
-        and (with tracking on) the MLflow runs, registered versions and the promotion decision.
+        and (with tracking on) the MLflow runs, registered versions, the promotion decision and,
+        for a new champion, its built Bento.
     """
     started = time.perf_counter()
     config = resolve_config(cfg, config, overrides)
@@ -270,7 +283,7 @@ def recipe_flow(
         diffusion = run_diffusion(config, teacher_uri, *inputs, teacher["traces_uri"], run, until, start.get("student", ""))
         summary = {"dataset_version": data["dataset_version"], "until": until, "warm_start": start} | recipe_summary(teacher, diffusion, teacher_uri)
         if lineage is not None:
-            summary |= _register_and_promote(config, summary, lineage, run, inputs)
+            summary |= _register_and_promote(config, summary, lineage, run, inputs, outputs.get("feature_store_dir"))
             summary["tracking"] = {
                 "experiment_id": lineage.runs.experiment_id,
                 "parent_run_id": lineage.runs.parent_run_id,
