@@ -28,7 +28,6 @@ from components.evaluation.speed import SPEED_STAGE, compare_speed
 from components.evaluation.stage import EVALUATION_STAGE
 from components.modeling.build import BASE_MODEL_STAGE
 from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
-from components.serving.package import package_service
 from components.tracking.promotion import CHAMPION, GateMetrics, promote
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
@@ -157,6 +156,9 @@ def promote_task(cfg: dict[str, Any], version: dict[str, Any], challenger: dict[
 @task(name="package", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
 def package_task(cfg: dict[str, Any], feature_store_dir: str | None) -> dict[str, Any]:
     """The champion and its AR teacher into the BentoML model store, then ``bentoml build``."""
+    # BentoML is imported only when there is a champion to package: it adds seconds to every start.
+    from components.serving.package import package_service
+
     return asdict(package_service(Config.model_validate(cfg), feature_store_dir))
 
 
