@@ -93,7 +93,8 @@ def register(cfg: Config, name: str, model_uri: str, run_id: str, stage: str, da
     except Exception as exc:  # noqa: BLE001 - MLflow raises a generic error when it exists
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    version = mlflow_client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags)
+    # A tracking server accepts a logged model's ``models:/m-<id>`` source only with its id.
+    version = mlflow_client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)
     return ModelVersion(name, str(version.version), model_uri, run_id)
 
 
