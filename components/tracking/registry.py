@@ -64,6 +64,7 @@ def register(cfg: Config, name: str, model_uri: str, run_id: str, stage: str, da
     if (existing := find_version(cfg, name, model_uri)) is not None:
         return existing
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     mlflow_client = client(cfg)
@@ -90,8 +91,8 @@ def register(cfg: Config, name: str, model_uri: str, run_id: str, stage: str, da
     }
     try:
         mlflow_client.create_registered_model(name)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises a generic error when it exists
-        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     # A tracking server accepts a logged model's ``models:/m-<id>`` source only with its id.
     version = mlflow_client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)

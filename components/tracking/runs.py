@@ -89,7 +89,7 @@ def config_hash(cfg: Config) -> str:
 def _flat(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(tree, dict):
         for key, value in tree.items():
-            yield from _flat(value, f"{prefix}{key}." if prefix or key else prefix)
+            yield from _flat(value, f"{prefix}{key}.")
     else:
         yield prefix.rstrip("."), tree
 
