@@ -83,6 +83,11 @@ class PromptConfig(_Section):
     # Titles make prompts long; the CPU profile shows SID + category only.
     include_title: bool = False
     max_title_chars: int = Field(60, ge=8)
+    # How the answer's ranking names the candidates: by SID (Diffusion-GR2, paper.md section 1) or
+    # by their 1-based position in the prompt's candidate list (the GR2 technical report's
+    # permutation of {1..K}, paper.md section 5). A model built from scratch must otherwise learn
+    # to copy multi-token SIDs out of its prompt before any answer can be valid.
+    answer_ids: Literal["sid", "index"] = "sid"
 
 
 class FeaturesConfig(_Section):
@@ -150,6 +155,10 @@ class TracesConfig(_Section):
     max_examples: int = Field(0, ge=0)
     # GR2/Diffusion-GR2 traces are about 130 tokens (paper.md section 1).
     target_tokens: int = Field(130, ge=16)
+    # The analyst's answer: 0 ranks every candidate by its sampled evidence order; k > 0 moves only
+    # the top k of that order to the front and keeps the rest in pre-rank order, trusting the
+    # pre-ranker where the analyst has no argument (an answer a small model can learn to write).
+    promote_top: int = Field(0, ge=0)
     endpoint_url: str = ""
     model_name: str = ""
     # Name of the environment variable holding the endpoint's API key (never the key itself).

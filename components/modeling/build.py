@@ -16,7 +16,7 @@ from components.candidates.examples import read_examples
 from components.config import Config
 from components.modeling.factory import build_model, count_parameters, load_pretrained, save_model
 from components.modeling.tokenizer import build_tokenizer
-from components.prompts.render import ItemCatalog, render_answer, render_messages
+from components.prompts.render import ItemCatalog, answer_candidates, render_answer, render_messages
 from components.semantic_ids.build import load_catalog, read_sids
 from components.semantic_ids.format import all_sid_tokens
 from components.stage import StageResult, StageSpec, cached_result, publishing
@@ -48,8 +48,8 @@ def tokenizer_corpus(catalog: ItemCatalog, examples: pd.DataFrame, traces: pd.Da
     for history, candidates in zip(sample["history"], sample["candidates"]):
         for message in render_messages(list(history), list(candidates), catalog, cfg.prompts):
             yield message["content"]
-    for reasoning, ranking in zip(traces["reasoning"], traces["ranking"]):
-        yield render_answer(reasoning, catalog.sids(list(ranking)))
+    for reasoning, ranking, candidates in zip(traces["reasoning"], traces["ranking"], traces["candidates"]):
+        yield render_answer(reasoning, catalog.sids(list(ranking)), answer_candidates(catalog.sids(list(candidates)), cfg.prompts))
 
 
 def build_base_model(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, traces_uri: str) -> StageResult:

@@ -17,6 +17,7 @@ from components.prompts.render import (
     REASONING_KEY,
     CatalogItem,
     ItemCatalog,
+    answer_candidates,
     render_answer,
     render_messages,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "CatalogItem",
     "ItemCatalog",
     "ParsedAnswer",
+    "answer_candidates",
     "parse_answer",
     "ranking_or_fallback",
     "render_answer",

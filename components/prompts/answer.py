@@ -1,7 +1,8 @@
 """Parse and check a generated answer (DESIGN.md, "Answer"; paper.md section 1, "Validity").
 
 An answer is valid iff it is a JSON object whose ``ranking`` is a permutation of the query's
-candidate SIDs. Nothing is repaired: a near-miss is invalid and says why, because the valid rate
+candidates, named by SID or, in the ``index`` answer form (``PromptConfig.answer_ids``), by their
+1-based position in the prompt's candidate list. Nothing is repaired: a near-miss is invalid and says why, because the valid rate
 is itself a result (the converted model must learn to emit permutations without a constrained
 decoder). Evaluation and serving both replace an invalid answer with the pre-rank order.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from components.prompts.render import RANKING_KEY, REASONING_KEY
 
 # Failure classes, in the order they are recorded; the first one is an answer's primary failure.
-UNPARSEABLE = "unparseable"  # not a JSON object, or no ranking list of strings
+UNPARSEABLE = "unparseable"  # not a JSON object, or no ranking list of SID strings or of positions
 WRONG_LENGTH = "wrong_length"  # ranking length differs from the number of candidates
 OUT_OF_SET = "out_of_set"  # an entry that is not one of this query's candidate SIDs
 DUPLICATE = "duplicate"  # an entry that appears more than once
@@ -31,9 +32,9 @@ END_OF_TEXT_MARKERS = ("<|im_end|>", "<|endoftext|>")
 class ParsedAnswer:
     """One answer, checked against its query's candidates.
 
-    ``ranking`` holds the answer's SIDs in its own order whenever the list itself parsed (also for
-    an invalid answer, so failures can be inspected); ``failures`` lists every class that applies,
-    in ``FAILURE_CLASSES`` order.
+    ``ranking`` holds the answer's SIDs (positions already mapped) in its own order whenever the
+    list itself parsed (also for an invalid answer, so failures can be inspected); ``failures``
+    lists every class that applies, in ``FAILURE_CLASSES`` order.
     """
 
     valid: bool
@@ -59,6 +60,21 @@ def _strip_end_markers(text: str, end_markers: Sequence[str]) -> str:
     return text
 
 
+def _ranking_sids(entries: object, candidate_sids: Sequence[str]) -> list[str] | None:
+    """The ranking as SIDs: a list of SID strings as is, a list of 1-based candidate positions
+    mapped to their SIDs (a position outside 1..N becomes ``#<position>``, which is never a
+    candidate); None for anything else, a list mixing both forms included."""
+    if not isinstance(entries, list):
+        return None
+    if all(isinstance(entry, str) for entry in entries):
+        return entries
+    # bool is an int subclass, and JSON true is not a position.
+    if all(isinstance(entry, int) and not isinstance(entry, bool) for entry in entries):
+        n = len(candidate_sids)
+        return [candidate_sids[entry - 1] if 1 <= entry <= n else f"#{entry}" for entry in entries]
+    return None
+
+
 def parse_answer(
     text: str, candidate_sids: Sequence[str], end_markers: Sequence[str] = END_OF_TEXT_MARKERS
 ) -> ParsedAnswer:
@@ -67,7 +83,8 @@ def parse_answer(
     Args:
         text: the generated assistant text. Surrounding whitespace and trailing end markers are
             ignored; any other text around the JSON object makes it unparseable.
-        candidate_sids: this query's candidate SIDs (distinct), in any order.
+        candidate_sids: this query's candidate SIDs (distinct), in prompt (pre-rank) order, which
+            is what an answer's positions refer to.
         end_markers: end-of-text tokens that may trail the answer.
 
     Returns:
@@ -87,8 +104,8 @@ def parse_answer(
         return ParsedAnswer(valid=False, ranking=None, reasoning=None, failures=(UNPARSEABLE,))
     reasoning = payload.get(REASONING_KEY)
     reasoning = reasoning if isinstance(reasoning, str) else None
-    ranking = payload.get(RANKING_KEY)
-    if not isinstance(ranking, list) or not all(isinstance(entry, str) for entry in ranking):
+    ranking = _ranking_sids(payload.get(RANKING_KEY), candidate_sids)
+    if ranking is None:
         return ParsedAnswer(valid=False, ranking=None, reasoning=reasoning, failures=(UNPARSEABLE,))
 
     counts = Counter(ranking)

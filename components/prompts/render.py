@@ -25,15 +25,16 @@ REASONING_KEY = "reasoning"
 RANKING_KEY = "ranking"
 
 
-def _system_message(n: int) -> str:
+def _system_message(n: int, answer_ids: str) -> str:
     # The analyst persona frames the task as ranking, not persuasion; items are cited by SID and
     # the reasoning follows three fixed steps (GR2 prompt principles 1, 4 and 5).
+    entries = f"the {n} candidate SIDs" if answer_ids == "sid" else f"the {n} candidate numbers"
     return (
         f"You are a re-ranking analyst for an online store. Re-order the {n} candidate items so that "
         "the item the user is most likely to buy next comes first. Cite items only by their SID. "
         "Reason in three steps: 1) patterns in the purchase history; 2) complementary categories and "
         "brands; 3) final selection. Answer with JSON only: "
-        f'{{"{REASONING_KEY}": "<the three steps>", "{RANKING_KEY}": [<the {n} candidate SIDs, best first>]}}'
+        f'{{"{REASONING_KEY}": "<the three steps>", "{RANKING_KEY}": [<{entries}, best first>]}}'
     )
 
 
@@ -162,7 +163,8 @@ def render_messages(
         history: item ids the user bought, oldest first.
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
-        cfg: whether titles are shown and how many characters of each.
+        cfg: whether titles are shown and how many characters of each, and how the answer names
+            candidates (``index`` numbers the candidate lines from 1).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``; the chat template is the tokenizer's.
@@ -172,24 +174,42 @@ def render_messages(
     lines = ["Purchase history (oldest first):"]
     lines += [_item_line(items.item(item_id), cfg) for item_id in history]
     lines.append("Candidates (pre-ranked, best first):")
-    lines += [_item_line(items.item(item_id), cfg) for item_id in candidates]
+    for position, item_id in enumerate(candidates, start=1):
+        line = _item_line(items.item(item_id), cfg)
+        lines.append(f"{position}. {line}" if cfg.answer_ids == "index" else line)
     return [
-        {"role": "system", "content": _system_message(len(candidates))},
+        {"role": "system", "content": _system_message(len(candidates), cfg.answer_ids)},
         {"role": "user", "content": "\n".join(lines)},
     ]
 
 
-def render_answer(reasoning: str, ranking_sids: Sequence[str]) -> str:
+def render_answer(reasoning: str, ranking_sids: Sequence[str], candidate_sids: Sequence[str] | None = None) -> str:
     """The assistant message: compact JSON, reasoning before ranking.
 
     Args:
         reasoning: the reasoning trace.
         ranking_sids: the re-ordered candidate SIDs, best first.
+        candidate_sids: the candidates in prompt (pre-rank) order, for the ``index`` answer form:
+            the ranking is then written as each SID's 1-based position in this list. None writes
+            the SIDs themselves.
 
     Returns:
-        ``{"reasoning":"...","ranking":["<s_a_..>...",...]}`` with no optional whitespace (fewer
-        tokens) and non-ASCII text kept as is rather than escaped.
+        ``{"reasoning":"...","ranking":["<s_a_..>...",...]}`` (or ``[3,1,...]``) with no optional
+        whitespace (fewer tokens) and non-ASCII text kept as is rather than escaped.
+
+    Raises:
+        ValueError: with ``candidate_sids``, a ranked SID that is not a candidate.
     """
-    return json.dumps(
-        {REASONING_KEY: reasoning, RANKING_KEY: list(ranking_sids)}, ensure_ascii=False, separators=(",", ":")
-    )
+    ranking: list[str] | list[int] = list(ranking_sids)
+    if candidate_sids is not None:
+        positions = {sid: position for position, sid in enumerate(candidate_sids, start=1)}
+        missing = [sid for sid in ranking_sids if sid not in positions]
+        if missing:
+            raise ValueError(f"ranked SIDs {missing[:3]} are not among the candidates")
+        ranking = [positions[sid] for sid in ranking_sids]
+    return json.dumps({REASONING_KEY: reasoning, RANKING_KEY: ranking}, ensure_ascii=False, separators=(",", ":"))
+
+
+def answer_candidates(candidate_sids: Sequence[str], cfg: PromptConfig) -> Sequence[str] | None:
+    """What ``render_answer`` takes as ``candidate_sids`` under ``cfg``'s answer form."""
+    return candidate_sids if cfg.answer_ids == "index" else None

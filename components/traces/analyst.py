@@ -178,17 +178,21 @@ class AnalystTeacher:
         target_tokens: int = 130,
         temperature: float = 0.8,
         weights: AnalystWeights | None = None,
+        promote_top: int = 0,
     ) -> None:
         """Args:
         stats: training-split statistics.
         target_tokens: the trace length to aim for, in ``trace_length`` units.
         temperature: scale of the Gumbel noise on the scores; 0 always gives the same ranking.
         weights: signal weights; the defaults when None.
+        promote_top: 0 ranks by the whole sampled order; k > 0 moves its top k to the front and
+            keeps the other candidates in pre-rank order.
         """
         self.stats = stats
         self.target_tokens = target_tokens
         self.temperature = temperature
         self.weights = weights or AnalystWeights()
+        self.promote_top = promote_top
 
     @classmethod
     def from_config(cls, stats: AnalystStats, cfg: TracesConfig) -> AnalystTeacher:
@@ -201,7 +205,7 @@ class AnalystTeacher:
         Returns:
             The teacher.
         """
-        return cls(stats, target_tokens=cfg.target_tokens, temperature=cfg.temperature)
+        return cls(stats, target_tokens=cfg.target_tokens, temperature=cfg.temperature, promote_top=cfg.promote_top)
 
     def propose(
         self, example: Mapping[str, Any], catalog: ItemCatalog, rng: np.random.Generator, target: str | None
@@ -227,6 +231,9 @@ class AnalystTeacher:
         order = [evidence[i] for i in np.argsort(-keys, kind="stable")]
         if target is not None:
             order.sort(key=lambda e: e.item_id != target)  # stable: the rest keep their sampled order
+        if self.promote_top:
+            promoted = order[: self.promote_top]
+            order = promoted + sorted(order[self.promote_top :], key=lambda e: e.pre_rank)
         reasoning = self._write(history, order, catalog)
         return Proposal(reasoning=reasoning, ranking=[e.item_id for e in order])
 

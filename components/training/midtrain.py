@@ -7,10 +7,11 @@ loss on the target only:
 * itemic dense captioning: a SID -> its category path and title (and, optionally, back);
 
 plus candidate recall: a candidate block as the re-ranking prompt shows it -> the same SIDs as a
-JSON list. An answer is valid only if it lists exactly the candidates' SIDs, and a model trained
-from scratch learns to copy multi-token SIDs out of its prompt only after a long plateau (on the
-tiny preset, about 400 steps of this short task versus no progress in 250 steps of full SFT
-examples); a pretrained LLM brings that skill, a built-from-scratch one gets it here.
+JSON list. In the SID answer form an answer is valid only if it lists exactly the candidates'
+SIDs, and a model trained from scratch learns to copy multi-token SIDs out of its prompt only
+after a long plateau (on the tiny preset, about 400 steps of this short task versus no progress in
+250 steps of full SFT examples); a pretrained LLM brings that skill, a built-from-scratch one gets
+it here. The index answer form (``PromptConfig.answer_ids``) needs no copying.
 
 They are encoded and collated with the SFT machinery (``components.training.sft``), every target
 token weighted 1, and trained with ``weighted_lm_loss``.

@@ -136,6 +136,7 @@ def encode_sft_example(
     ranking_sids: list[str],
     cfg: SftConfig,
     max_length: int,
+    candidate_sids: Sequence[str] | None = None,
 ) -> EncodedExample:
     """Encode one re-ranking example for SFT: loss on the assistant message only.
 
@@ -147,6 +148,8 @@ def encode_sft_example(
         cfg: lambda_reasoning for the reasoning value's tokens, lambda_answer for every other
             assistant token (JSON syntax, the ranking, the end-of-turn token).
         max_length: the longest sequence allowed, in tokens.
+        candidate_sids: the candidates in prompt order when the answer names them by position
+            (``render_answer``); None writes SIDs.
 
     Returns:
         The example; weights are 0 on the prompt.
@@ -155,7 +158,7 @@ def encode_sft_example(
         ValueError: the example is longer than ``max_length``.
     """
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    answer = render_answer(reasoning, ranking_sids)
+    answer = render_answer(reasoning, ranking_sids, candidate_sids)
     start, end = reasoning_span(answer, reasoning)
     # A token that straddles the closing quote (BPE may merge "." with '"') carries JSON syntax the
     # parser needs, so only tokens wholly inside the value take the lower reasoning weight.

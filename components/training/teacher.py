@@ -26,7 +26,7 @@ from components.evaluation.stage import evaluate_model
 from components.modeling.build import build_base_model
 from components.data.ingest import load_dataset
 from components.modeling.factory import load_model, save_model
-from components.prompts.render import ItemCatalog, render_messages
+from components.prompts.render import ItemCatalog, answer_candidates, render_messages
 from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.analyst import training_interactions
@@ -116,7 +116,15 @@ def encoded_traces(cfg: Config, tokenizer: Any, catalog: ItemCatalog, traces_uri
         messages = render_messages(list(row.history), list(row.candidates), catalog, cfg.prompts)
         try:
             encoded.append(
-                encode_sft_example(tokenizer, messages, row.reasoning, catalog.sids(list(row.ranking)), cfg.sft, cfg.model.max_length)
+                encode_sft_example(
+                    tokenizer,
+                    messages,
+                    row.reasoning,
+                    catalog.sids(list(row.ranking)),
+                    cfg.sft,
+                    cfg.model.max_length,
+                    answer_candidates(catalog.sids(list(row.candidates)), cfg.prompts),
+                )
             )
         except ValueError:
             too_long += 1

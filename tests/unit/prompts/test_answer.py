@@ -98,3 +98,29 @@ def test_valid_answer_ranking_is_used() -> None:
 def test_invalid_answer_falls_back_to_pre_rank_order(text: str) -> None:
     used, fell_back = ranking_or_fallback(parse_answer(text, SIDS), SIDS)
     assert used == SIDS and fell_back
+
+
+def test_positions_name_candidates_in_prompt_order() -> None:
+    parsed = parse_answer(answer([3, 1, 2, *range(4, 11)]), SIDS)
+    assert parsed.valid
+    assert parsed.ranking == [SIDS[2], SIDS[0], SIDS[1], *SIDS[3:]]
+
+
+@pytest.mark.parametrize(
+    ("positions", "failures"),
+    [
+        ([*range(1, 10), 11], (OUT_OF_SET, OMISSION)),  # past the last candidate
+        ([0, *range(2, 11)], (OUT_OF_SET, OMISSION)),  # positions count from 1
+        ([*range(1, 10), 1], (DUPLICATE, OMISSION)),
+        (list(range(1, 10)), (WRONG_LENGTH, OMISSION)),
+        ([*range(1, 10), True], (UNPARSEABLE,)),  # JSON true is not a position
+        ([*range(1, 10), 10.0], (UNPARSEABLE,)),
+        ([*range(1, 10), "10"], (UNPARSEABLE,)),  # positions and strings mixed
+    ],
+)
+def test_position_failure_classes(positions: list[object], failures: tuple[str, ...]) -> None:
+    assert parse_answer(answer(positions), SIDS).failures == failures
+
+
+def test_out_of_range_position_is_kept_for_inspection() -> None:
+    assert parse_answer(answer([*range(1, 10), 12]), SIDS).ranking == [*SIDS[:9], "#12"]

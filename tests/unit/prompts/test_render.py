@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from components.config import PromptConfig
-from components.prompts import ItemCatalog, parse_answer, render_answer, render_messages
+from components.prompts import ItemCatalog, answer_candidates, parse_answer, render_answer, render_messages
 from components.semantic_ids.format import sid_string
 
 from .fakes import item_frames
@@ -61,6 +61,29 @@ def test_prompt_lists_history_then_candidates_in_order(catalog: ItemCatalog) -> 
     history_lines = history_part.splitlines()[1:]
     assert [line.split(" ")[0] for line in history_lines] == catalog.sids(HISTORY)
     assert all(line.endswith(catalog.item(item_id).leaf_category) for line, item_id in zip(lines, CANDIDATES))
+
+
+def test_index_form_numbers_candidates_and_writes_positions(catalog: ItemCatalog) -> None:
+    cfg = PromptConfig(answer_ids="index")
+    system, user = (m["content"] for m in render_messages(HISTORY, CANDIDATES, catalog, cfg))
+    assert "10 candidate numbers" in system
+    history_part, candidate_part = user.split("Candidates")
+    lines = candidate_part.splitlines()[1:]
+    assert lines == [f"{k}. {catalog.sid(item)} {catalog.item(item).leaf_category}" for k, item in enumerate(CANDIDATES, 1)]
+    assert not any(line[0].isdigit() for line in history_part.splitlines())
+
+    sids = catalog.sids(CANDIDATES)
+    ranking = [sids[4], *sids[:4], *sids[5:]]
+    text = render_answer("r", ranking, answer_candidates(sids, cfg))
+    assert json.loads(text)["ranking"] == [5, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert parse_answer(text, sids).ranking == ranking
+    assert answer_candidates(sids, PromptConfig()) is None
+
+
+def test_index_form_rejects_a_ranked_stranger(catalog: ItemCatalog) -> None:
+    sids = catalog.sids(CANDIDATES)
+    with pytest.raises(ValueError, match="not among the candidates"):
+        render_answer("r", [catalog.sid("i0"), *sids[1:]], sids)
 
 
 def test_prompt_shows_titles_only_when_asked(catalog: ItemCatalog) -> None:

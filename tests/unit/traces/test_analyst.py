@@ -130,6 +130,20 @@ def test_targeted_mode_puts_the_target_first(examples, stats, catalog):
         assert f"I rank {catalog.sid(example['target'])} first" in proposal.reasoning
 
 
+@pytest.mark.parametrize("promote_top", [1, 3])
+def test_promote_top_keeps_the_rest_in_pre_rank_order(promote_top, examples, stats, catalog):
+    teacher = AnalystTeacher(stats, temperature=2.0, promote_top=promote_top)
+    full = AnalystTeacher(stats, temperature=2.0)
+    for example in examples.to_dict("records")[:20]:
+        proposal = teacher.propose(example, catalog, np.random.default_rng(4), example["target"])
+        sampled = full.propose(example, catalog, np.random.default_rng(4), example["target"]).ranking
+        assert proposal.ranking[:promote_top] == sampled[:promote_top]
+        assert proposal.ranking[0] == example["target"]
+        rest = proposal.ranking[promote_top:]
+        assert rest == [c for c in example["candidates"] if c in rest]
+        assert sorted(proposal.ranking) == sorted(example["candidates"])
+
+
 def test_length_tracks_target_tokens(examples, stats, catalog):
     for example in examples.to_dict("records")[:10]:
         lengths = []
