@@ -130,7 +130,7 @@ def main() -> None:
     lines = [
         "# Re-ranking service under load",
         "",
-        f"- command: `python benchmarks/serve_load.py --url {args.url} --requests {args.requests} --mixed {args.mixed}`",
+        f"- command: `python benchmarks/serve_load.py --url {args.url} --requests {args.requests} --max-seconds {args.max_seconds:g} --mixed {args.mixed}`",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d}; machine: {platform.machine()}, {platform.processor() or 'cpu'}; examples: `{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`",
         "",
         "| decoder | concurrency | requests | errors | p50 s | p95 s | p99 s | requests/s |",
