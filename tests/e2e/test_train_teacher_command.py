@@ -35,6 +35,8 @@ def _overrides(beauty_slice: Path, tmp_path: Path) -> list[str]:
         "rl.group_size": 2,
         "rl.max_new_tokens": 16,
         "evaluation.test_users": "all",
+        # Every one of the slice's 300 test users (the tiny profile scores a seeded 200).
+        "evaluation.max_test_examples": 0,
         "evaluation.valid_examples": 30,
         "evaluation.max_new_tokens": 16,
         "evaluation.bootstrap_samples": 50,
