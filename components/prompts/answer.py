@@ -2,9 +2,10 @@
 
 An answer is valid iff it is a JSON object whose ``ranking`` is a permutation of the query's
 candidates, named by SID or, in the ``index`` answer form (``PromptConfig.answer_ids``), by their
-1-based position in the prompt's candidate list. Nothing is repaired: a near-miss is invalid and says why, because the valid rate
-is itself a result (the converted model must learn to emit permutations without a constrained
-decoder). Evaluation and serving both replace an invalid answer with the pre-rank order.
+1-based position in the prompt's candidate list. Nothing is repaired: a near-miss is invalid and
+says why, because the valid rate is itself a result (the converted model must learn to emit
+permutations without a constrained decoder). Evaluation and serving both replace an invalid answer
+with the pre-rank order.
 """
 
 from __future__ import annotations
