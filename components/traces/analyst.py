@@ -7,6 +7,10 @@ temperature, and writes the reasoning from the same facts. Every sentence is a t
 with a count computed here, so no claim can be false. Every count leaves out the example's own
 user: a training example's target is itself a training interaction, and counting it would let the
 trace cite the answer as evidence.
+
+Items are cited by SID, or, when the answer names candidates by number (``prompts.answer_ids:
+index``), without SIDs: a candidate as ``candidate k`` (its number in the prompt) and a history item
+by its category. The reasoning then refers to candidates the way the answer does.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import TracesConfig
+from components.config import PromptConfig, TracesConfig
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
 from components.traces.teacher import Proposal
@@ -133,12 +137,12 @@ class _Evidence:
     """The facts about one candidate, all computed from the example and the statistics."""
 
     item_id: str
-    sid: str
+    name: str  # how the trace cites it: its SID or "candidate k"
     category: str | None
     brand: str | None
     pre_rank: int
     co_count: int  # best single history item
-    co_with_sid: str | None
+    co_with: str | None  # the citation of the history item it was most co-bought with
     co_total: int  # summed over distinct history items
     category_matches: int
     brand_matches: int
@@ -169,6 +173,11 @@ def _plural(count: int, one: str, many: str) -> str:
     return one if count == 1 else many
 
 
+def _a(phrase: str) -> str:
+    """``phrase`` with its indefinite article."""
+    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+
 class AnalystTeacher:
     """Writes GR2's three-step reasoning from training statistics; see the module docstring."""
 
@@ -179,6 +188,7 @@ class AnalystTeacher:
         temperature: float = 0.8,
         weights: AnalystWeights | None = None,
         promote_top: int = 0,
+        cite_by_number: bool = False,
     ) -> None:
         """Args:
         stats: training-split statistics.
@@ -187,25 +197,40 @@ class AnalystTeacher:
         weights: signal weights; the defaults when None.
         promote_top: 0 ranks by the whole sampled order; k > 0 moves its top k to the front and
             keeps the other candidates in pre-rank order.
+        cite_by_number: cite candidates as ``candidate k`` and history items by category instead
+            of by SID (the ``index`` answer form).
         """
         self.stats = stats
         self.target_tokens = target_tokens
         self.temperature = temperature
         self.weights = weights or AnalystWeights()
         self.promote_top = promote_top
+        self.cite_by_number = cite_by_number
 
     @classmethod
-    def from_config(cls, stats: AnalystStats, cfg: TracesConfig) -> AnalystTeacher:
+    def from_config(cls, stats: AnalystStats, cfg: TracesConfig, prompt_cfg: PromptConfig) -> AnalystTeacher:
         """An analyst with the config's length target and temperature.
 
         Args:
             stats: training-split statistics.
             cfg: the traces section.
+            prompt_cfg: the prompts section; the ``index`` answer form cites items without SIDs.
 
         Returns:
             The teacher.
         """
-        return cls(stats, target_tokens=cfg.target_tokens, temperature=cfg.temperature, promote_top=cfg.promote_top)
+        return cls(
+            stats,
+            target_tokens=cfg.target_tokens,
+            temperature=cfg.temperature,
+            promote_top=cfg.promote_top,
+            cite_by_number=prompt_cfg.answer_ids == "index",
+        )
+
+    def _cite_history(self, item: Any) -> str:
+        if not self.cite_by_number:
+            return item.sid
+        return f"{_a(item.leaf_category)} item in this history" if item.leaf_category else "an item in this history"
 
     def propose(
         self, example: Mapping[str, Any], catalog: ItemCatalog, rng: np.random.Generator, target: str | None
@@ -248,12 +273,12 @@ class AnalystTeacher:
         transitions = self.stats.transitions_from(latest_category, user_id) if latest_category else Counter()
         return _Evidence(
             item_id=candidate,
-            sid=item.sid,
+            name=f"candidate {pre_rank}" if self.cite_by_number else item.sid,
             category=item.leaf_category,
             brand=item.brand,
             pre_rank=pre_rank,
             co_count=co_counts[best] if best is not None else 0,
-            co_with_sid=catalog.sid(best) if best is not None and co_counts[best] > 0 else None,
+            co_with=self._cite_history(catalog.item(best)) if best is not None and co_counts[best] > 0 else None,
             co_total=sum(co_counts.values()),
             category_matches=sum(1 for h in history if item.leaf_category and catalog.item(h).leaf_category == item.leaf_category),
             brand_matches=sum(1 for h in history if item.brand and catalog.item(h).brand == item.brand),
@@ -285,21 +310,26 @@ class AnalystTeacher:
         items = [catalog.item(h) for h in history]
         sentences: list[_Sentence] = []
         for kind, (attribute, template) in enumerate(
-            (("leaf_category", "{n} of {k} history items {verb} {value}, most recently {sid}."),
-             ("brand", "{n} of {k} history items {verb} by {value}, most recently {sid}."))
+            (("leaf_category", "{n} of {k} history items {verb} {value}{latest}."),
+             ("brand", "{n} of {k} history items {verb} by {value}{latest}."))
         ):
             # Counted newest first, so ties go to the more recent value (most_common keeps that order).
             counts = Counter(getattr(item, attribute) for item in reversed(items) if getattr(item, attribute))
             for position, (value, n) in enumerate(counts.most_common()):
                 latest = next(item for item in reversed(items) if getattr(item, attribute) == value)
-                text = template.format(n=n, k=size, verb=_plural(n, "is", "are"), value=value, sid=latest.sid)
+                # Without SIDs the most recent such item has no name to cite.
+                cited = "" if self.cite_by_number else f", most recently {latest.sid}"
+                text = template.format(n=n, k=size, verb=_plural(n, "is", "are"), value=value, latest=cited)
                 # A repeated dominant category is the step's core; single items are weak patterns, so last.
                 core = kind == 0 and position == 0 and n > 1
                 priority = -math.inf if core else position + 0.5 * kind + (10.0 if n == 1 else 0.0)
                 sentences.append(_Sentence(0, text, priority))
         if history:
             latest = items[-1]
-            text = f"The latest purchase is {latest.sid}" + (f" ({latest.leaf_category})." if latest.leaf_category else ".")
+            if self.cite_by_number:
+                text = f"The latest purchase is {_a(latest.leaf_category) if latest.leaf_category else 'an'} item."
+            else:
+                text = f"The latest purchase is {latest.sid}" + (f" ({latest.leaf_category})." if latest.leaf_category else ".")
             has_core = any(s.priority == -math.inf for s in sentences)
             sentences.append(_Sentence(0, text, 0.25 if has_core else -math.inf))
         return sentences
@@ -312,22 +342,22 @@ class AnalystTeacher:
         sentences: list[_Sentence] = []
         for rank, e in enumerate(order):
             facts: list[str] = []
-            if e.co_with_sid is not None:
+            if e.co_with is not None:
                 facts.append(
-                    f"{e.sid} was also bought by {e.co_count} other {_plural(e.co_count, 'shopper', 'shoppers')} "
-                    f"who bought {e.co_with_sid}."
+                    f"{e.name} was also bought by {e.co_count} other {_plural(e.co_count, 'shopper', 'shoppers')} "
+                    f"who bought {e.co_with}."
                 )
             if e.category_matches:
-                facts.append(f"{e.sid} is {e.category}, like {e.category_matches} history {_plural(e.category_matches, 'item', 'items')}.")
+                facts.append(f"{e.name} is {e.category}, like {e.category_matches} history {_plural(e.category_matches, 'item', 'items')}.")
             if e.brand_matches:
-                facts.append(f"{e.sid} is by {e.brand}, like {e.brand_matches} history {_plural(e.brand_matches, 'item', 'items')}.")
+                facts.append(f"{e.name} is by {e.brand}, like {e.brand_matches} history {_plural(e.brand_matches, 'item', 'items')}.")
             if e.transition_count and e.category not in cited_transitions:
                 cited_transitions.add(e.category or "")
                 facts.append(
                     f"Other shoppers follow {latest_category} with {e.category} "
                     f"{e.transition_count} of {e.transition_total} times."
                 )
-            facts.append(f"{e.sid} was bought {e.popularity} {_plural(e.popularity, 'time', 'times')} by other shoppers.")
+            facts.append(f"{e.name} was bought {e.popularity} {_plural(e.popularity, 'time', 'times')} by other shoppers.")
             for kind, text in enumerate(facts):
                 # The top item's strongest fact is the step's core; evidence for higher-ranked
                 # items comes first, so a short trace argues for its own top choices.
@@ -336,11 +366,11 @@ class AnalystTeacher:
         return sentences
 
     def _selection_sentences(self, order: Sequence[_Evidence]) -> list[_Sentence]:
-        top = [e.sid for e in order[:3]]
+        top = [e.name for e in order[:3]]
         lead = f"I rank {top[0]} first" + (f", then {' and '.join(top[1:])}." if len(top) > 1 else ".")
         sentences = [_Sentence(2, lead, -math.inf), _Sentence(2, f"{top[0]} was pre-ranked {order[0].pre_rank}.", 0.75)]
         for rank, e in enumerate(order[len(order) // 2 :], len(order) // 2):
             if not (e.co_total or e.category_matches or e.brand_matches):
-                text = f"{e.sid} shares no co-purchase, category or brand with the history, so it ranks low."
+                text = f"{e.name} shares no co-purchase, category or brand with the history, so it ranks low."
                 sentences.append(_Sentence(2, text, rank + 0.5))
         return sentences

@@ -25,7 +25,8 @@ from components.traces.openai_client import OpenAITeacher
 from components.traces.sampling import generate_traces
 from components.traces.teacher import TraceTeacher
 
-TRACES_STAGE = StageSpec("traces", ("traces",), ("components/traces", "components/prompts"))
+# The prompts section decides how the traces cite items and what the chat teacher is asked.
+TRACES_STAGE = StageSpec("traces", ("traces", "prompts"), ("components/traces", "components/prompts"))
 
 
 def traces_inputs(dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, str]:
@@ -41,7 +42,7 @@ def _teacher(cfg: Config, dataset_uri: str, catalog: ItemCatalog) -> contextlib.
     if cfg.traces.teacher == "openai":
         return OpenAITeacher.from_config(cfg.traces, cfg.prompts)
     stats = AnalystStats.fit(training_interactions(load_dataset(dataset_uri, cfg.storage.work_dir).interactions), catalog)
-    return contextlib.nullcontext(AnalystTeacher.from_config(stats, cfg.traces))
+    return contextlib.nullcontext(AnalystTeacher.from_config(stats, cfg.traces, cfg.prompts))
 
 
 def build_traces(cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str) -> StageResult:

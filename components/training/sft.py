@@ -28,6 +28,10 @@ from components.training.loop import TOKENS_KEY
 PROMPT, REASONING, ANSWER = 0, 1, 2
 
 
+class ExampleTooLong(ValueError):
+    """An example longer than ``max_length``: it is dropped, never truncated."""
+
+
 @dataclass(frozen=True)
 class EncodedExample:
     """One training sequence.
@@ -81,8 +85,9 @@ def encode_weighted(
         The ids, a weight per token and a segment per token.
 
     Raises:
-        ValueError: ``end_token`` is not a single token of ``tokenizer``, or the example is longer
-            than ``max_length`` (it is never truncated: a cut answer teaches a broken format).
+        ValueError: ``end_token`` is not a single token of ``tokenizer``.
+        ExampleTooLong: the example is longer than ``max_length`` (it is never truncated: a cut
+            answer teaches a broken format).
     """
     end_id = tokenizer.convert_tokens_to_ids(end_token)
     if end_id is None or end_id == tokenizer.unk_token_id:
@@ -92,7 +97,7 @@ def encode_weighted(
     completion_ids: list[int] = encoded["input_ids"]
     length = len(prompt_ids) + len(completion_ids) + 1
     if length > max_length:
-        raise ValueError(
+        raise ExampleTooLong(
             f"example is {length} tokens ({len(prompt_ids)} prompt + {len(completion_ids) + 1} completion), "
             f"longer than max_length {max_length}; shorten the prompt or raise max_length"
         )
@@ -155,7 +160,7 @@ def encode_sft_example(
         The example; weights are 0 on the prompt.
 
     Raises:
-        ValueError: the example is longer than ``max_length``.
+        ExampleTooLong: the example is longer than ``max_length``.
     """
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     answer = render_answer(reasoning, ranking_sids, candidate_sids)

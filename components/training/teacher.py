@@ -34,7 +34,7 @@ from components.traces.build import build_traces, read_traces
 from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
 from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
 from components.training.rl import RerankPrompt, ar_policy, dapo_loss_fn, frozen_copy, rerank_prompts
-from components.training.sft import EncodedExample, collate, encode_sft_example, weighted_lm_loss
+from components.training.sft import EncodedExample, ExampleTooLong, collate, encode_sft_example, weighted_lm_loss
 
 # The modules a teacher stage runs; the diffusion stages' modules are left out so that changing
 # them does not retrain the teacher.
@@ -126,7 +126,7 @@ def encoded_traces(cfg: Config, tokenizer: Any, catalog: ItemCatalog, traces_uri
                     answer_candidates(catalog.sids(list(row.candidates)), cfg.prompts),
                 )
             )
-        except ValueError:
+        except ExampleTooLong:
             too_long += 1
     metrics.update(examples=len(encoded), dropped_too_long=too_long)
     return encoded

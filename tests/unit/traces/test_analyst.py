@@ -188,3 +188,29 @@ def test_counts_leave_out_the_examples_own_user(catalog):
     assert stats.purchases("i0", "a") == 1
     # i0 is Nail Polish, i1 Nail Treatment (fakes.make_catalog).
     assert stats.transitions_from("Nail Polish", "a") == {"Nail Treatment": 1}
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0].lower() in "aeiou" else "a ") + phrase
+
+
+def test_citing_by_number_states_the_same_facts_without_sids(examples, stats, catalog):
+    # Long enough to keep every sentence in both forms, so the two traces hold the same facts.
+    by_sid, by_number = AnalystTeacher(stats, target_tokens=1000), AnalystTeacher(stats, target_tokens=1000, cite_by_number=True)
+    for example in examples.to_dict("records")[:30]:
+        with_sids = by_sid.propose(example, catalog, np.random.default_rng(5), example["target"])
+        numbered = by_number.propose(example, catalog, np.random.default_rng(5), example["target"])
+        assert numbered.ranking == with_sids.ranking
+        assert not SID_TOKEN_RE.search(numbered.reasoning)
+        items = {catalog.sid(i): catalog.item(i) for i in example["history"]}
+        numbers = {catalog.sid(c): k for k, c in enumerate(example["candidates"], 1)}
+        expected = re.sub(rf", most recently {SID}\.", ".", with_sids.reasoning)
+        expected = re.sub(rf"The latest purchase is {SID} \((.+?)\)\.", lambda m: f"The latest purchase is {_article(m[2])} item.", expected)
+        expected = re.sub(
+            rf"who bought {SID}\.",
+            lambda m: f"who bought {_article(items[m[1]].leaf_category)} item in this history." if items[m[1]].leaf_category else "who bought an item in this history.",
+            expected,
+        )
+        expected = re.sub(SID, lambda m: f"candidate {numbers[m[1]]}", expected)
+        assert numbered.reasoning == expected
+        assert f"I rank candidate {example['candidates'].index(example['target']) + 1} first" in numbered.reasoning

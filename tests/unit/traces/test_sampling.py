@@ -5,7 +5,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from components.config import TracesConfig
+from components.config import PromptConfig, TracesConfig
 from components.traces import AnalystTeacher, InvalidProposal, Proposal, generate_traces
 
 
@@ -78,7 +78,7 @@ def test_no_examples_gives_empty_frame_and_zero_rates(catalog):
 
 def test_analyst_rejection_sampling_is_deterministic_for_a_seed(examples, stats, catalog):
     cfg = TracesConfig(max_tries=4, seed=7)
-    teacher = AnalystTeacher.from_config(stats, cfg)
+    teacher = AnalystTeacher.from_config(stats, cfg, PromptConfig())
     first, first_stats = generate_traces(examples, teacher, catalog, cfg)
     again, again_stats = generate_traces(examples, teacher, catalog, cfg)
     pd.testing.assert_frame_equal(first, again)
@@ -94,7 +94,7 @@ def test_analyst_rejection_sampling_is_deterministic_for_a_seed(examples, stats,
 
 def test_targeted_mode_always_accepts_in_one_try(examples, stats, catalog):
     cfg = TracesConfig(mode="targeted")
-    accepted, result = generate_traces(examples, AnalystTeacher.from_config(stats, cfg), catalog, cfg)
+    accepted, result = generate_traces(examples, AnalystTeacher.from_config(stats, cfg, PromptConfig()), catalog, cfg)
     assert result["acceptance_rate"] == 1.0 and result["dropped"] == 0 and result["mean_tries"] == 1.0
     assert (accepted["ranking"].str[0] == accepted["target"]).all()
     for row in accepted.itertuples():

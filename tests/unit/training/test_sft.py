@@ -22,6 +22,7 @@ from components.training.sft import (
     PROMPT,
     REASONING,
     EncodedExample,
+    ExampleTooLong,
     collate,
     encode_sft_example,
     weighted_lm_loss,
@@ -124,7 +125,7 @@ def test_reasoning_weight_never_covers_json_syntax(tokenizer, catalog) -> None:
 def test_too_long_example_raises_with_its_length(tokenizer, catalog) -> None:
     messages, reasoning, ranking = make_example(catalog, 2)
     length = len(encode_sft_example(tokenizer, messages, reasoning, ranking, CFG, max_length=512).input_ids)
-    with pytest.raises(ValueError, match=rf"example is {length} tokens .*max_length {length - 1}"):
+    with pytest.raises(ExampleTooLong, match=rf"example is {length} tokens .*max_length {length - 1}"):
         encode_sft_example(tokenizer, messages, reasoning, ranking, CFG, max_length=length - 1)
     assert len(encode_sft_example(tokenizer, messages, reasoning, ranking, CFG, max_length=length).input_ids) == length
 
