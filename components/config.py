@@ -362,10 +362,20 @@ class Config(_Section):
             raise ValueError("candidates.pre_ranker_window must not exceed candidates.history_max")
         return self
 
-    def slice_hash(self, *sections: str) -> str:
-        """Stable hash of the named config sections (a stage's cache key uses its own slice)."""
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def config_slice(self, *names: str) -> dict[str, Any]:
+        """The named sections (``"candidates"``) or single fields (``"evaluation.seed"``) as JSON values."""
+        payload: dict[str, Any] = {}
+        for name in names:
+            section, _, field = name.partition(".")
+            value = getattr(self, section).model_dump(mode="json")
+            if field and field not in value:
+                raise KeyError(f"config has no field {name}")
+            payload[name] = value[field] if field else value
+        return payload
+
+    def slice_hash(self, *names: str) -> str:
+        """Stable hash of the named config sections or fields (a stage's cache key uses its own slice)."""
+        return hashlib.sha256(json.dumps(self.config_slice(*names), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

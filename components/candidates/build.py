@@ -25,7 +25,13 @@ from components.data.ingest import load_dataset
 from components.evaluation.metrics import floor_metrics
 from components.stage import StageResult, StageSpec
 
-CANDIDATES_STAGE = StageSpec("candidates", ("candidates", "evaluation"), ("components/candidates", "components/evaluation", "components/data/ingest", "components/data/events"))
+# Only the floors' bootstrap settings come from the evaluation section: how many users a run scores
+# must not invalidate the data, and everything trained on it.
+CANDIDATES_STAGE = StageSpec(
+    "candidates",
+    ("candidates", "evaluation.bootstrap_samples", "evaluation.confidence", "evaluation.seed"),
+    ("components/candidates", "components/evaluation", "components/data/ingest", "components/data/events"),
+)
 
 # Random draws per example before rejection; uniform negatives almost never need a second round.
 _OVERSAMPLE = 4

@@ -12,6 +12,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,9 @@ from components.serving.engine import FeastFeatures, ModelInfo, Reranker, Served
 from components.serving.request import Decoder
 
 MANIFEST = "serving.json"
+# Where a Bento finds the feature store when it runs on another machine than the one that packaged
+# it (the manifest records the packaging machine's directory).
+FEATURE_STORE_ENV = "DGR2_FEATURE_STORE_DIR"
 
 
 def write_bundle(
@@ -67,16 +71,21 @@ def read_manifest(bundle_dir: str | Path) -> dict:
 def load_reranker(bundle_dir: str | Path) -> Reranker:
     """Load every packaged model and open the feature store.
 
+    The feature store is ``$DGR2_FEATURE_STORE_DIR`` when set, else the directory recorded at
+    packaging time.
+
     Raises:
         FileNotFoundError: no manifest, or the feature store directory is gone.
     """
     manifest = read_manifest(bundle_dir)
     cfg = Config.model_validate(manifest["config"])
-    store_dir = Path(manifest["feature_store_dir"])
+    store_dir = Path(os.environ.get(FEATURE_STORE_ENV) or manifest["feature_store_dir"])
     # The embedded defaults keep the registry and the online store (sqlite) in this directory; a
     # Postgres registry with a Redis online store needs nothing from it.
     if (cfg.features.online_store == "sqlite" or not cfg.features.registry_path) and not store_dir.is_dir():
-        raise FileNotFoundError(f"feature store directory {store_dir} does not exist; run the data flow or repackage")
+        raise FileNotFoundError(
+            f"feature store directory {store_dir} does not exist; run the data flow, repackage, or set {FEATURE_STORE_ENV}"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {}
     for decoder, entry in manifest["models"].items():

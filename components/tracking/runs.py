@@ -109,11 +109,11 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def config_params(cfg: Config, sections: tuple[str, ...]) -> dict[str, str]:
-    """The named config sections as ``section.key`` params."""
+    """The named config sections (or single ``section.field`` names) as ``section.key`` params."""
     params = {}
-    for section in sections:
-        for key, value in _flat(getattr(cfg, section).model_dump(mode="json")):
-            params[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    for name, tree in cfg.config_slice(*sections).items():
+        for key, value in _flat(tree, f"{name}."):
+            params[key] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return {key: value[:_MAX_PARAM_CHARS] for key, value in params.items()}
 
 

@@ -60,6 +60,27 @@ def test_slice_hash_changes_only_with_its_sections():
     assert base.slice_hash("candidates") != same_section.slice_hash("candidates")
 
 
+def test_a_slice_can_name_single_fields():
+    base = load_config(None)
+    other_field = load_config(None, ["evaluation.max_test_examples=50"])
+    same_field = load_config(None, ["evaluation.seed=3"])
+    assert base.config_slice("evaluation.seed", "prompts") == {"evaluation.seed": 0, "prompts": base.prompts.model_dump(mode="json")}
+    assert base.slice_hash("evaluation.seed") == other_field.slice_hash("evaluation.seed")
+    assert base.slice_hash("evaluation.seed") != same_field.slice_hash("evaluation.seed")
+    with pytest.raises(KeyError, match="evaluation.no_such_field"):
+        base.slice_hash("evaluation.no_such_field")
+
+
+def test_how_many_users_are_scored_does_not_invalidate_the_data():
+    from components.candidates.build import CANDIDATES_STAGE
+
+    inputs = {"dataset": "d", "sids": "s"}
+    base = CANDIDATES_STAGE.output_uri(load_config(None), inputs)
+    assert CANDIDATES_STAGE.output_uri(load_config(None, ["evaluation.max_test_examples=50", "evaluation.valid_examples=0"]), inputs) == base
+    # The floors' bootstrap CIs do depend on the evaluation seed.
+    assert CANDIDATES_STAGE.output_uri(load_config(None, ["evaluation.seed=3"]), inputs) != base
+
+
 def test_a_stage_overrides_only_what_it_sets_of_the_shared_training_section():
     cfg = load_config(None, ["training.learning_rate=0.001", "training.batch_size=8", "sft.max_steps=7", "rl.learning_rate=1e-5"])
     sft = cfg.sft.training(cfg.training)
