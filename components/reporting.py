@@ -143,6 +143,8 @@ def frontier_plot(summary: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel(f"decode tokens/s ({summary['speed']['device']})")
     ax.set_ylabel("test Recall@1")
     ax.set_title("Accuracy-throughput frontier")
+    # Headroom for the staggered labels, which would otherwise run into the title.
+    ax.margins(y=0.25)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
