@@ -3,8 +3,8 @@
 A prompt is two chat messages: a system message that states the re-ranking task, the three
 reasoning steps and the JSON answer format, then a user message with the purchase history
 (oldest first) and the candidates in pre-rank order. Every item is shown by its SID and its leaf
-category, plus its title when ``PromptConfig.include_title`` is set: titles are most of a prompt's
-length, and on CPU every token costs training and decoding time.
+category, plus its brand and its title when ``PromptConfig.include_brand`` and ``include_title`` are
+set: titles are most of a prompt's length, and on CPU every token costs training and decoding time.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ RANKING_KEY = "ranking"
 def _system_message(n: int, answer_ids: str) -> str:
     # The analyst persona frames the task as ranking, not persuasion; items are cited by SID and
     # the reasoning follows three fixed steps (GR2 prompt principles 1, 4 and 5).
-    entries = f"the {n} candidate SIDs" if answer_ids == "sid" else f"the {n} candidate numbers"
+    by_sid = answer_ids == "sid"
+    entries = f"the {n} candidate SIDs" if by_sid else f"the {n} candidate numbers"
+    citation = "Cite items only by their SID." if by_sid else "Cite candidates only by their number."
     return (
         f"You are a re-ranking analyst for an online store. Re-order the {n} candidate items so that "
-        "the item the user is most likely to buy next comes first. Cite items only by their SID. "
+        f"the item the user is most likely to buy next comes first. {citation} "
         "Reason in three steps: 1) patterns in the purchase history; 2) complementary categories and "
         "brands; 3) final selection. Answer with JSON only: "
         f'{{"{REASONING_KEY}": "<the three steps>", "{RANKING_KEY}": [<{entries}, best first>]}}'
@@ -147,8 +149,10 @@ def _clean_text(value: object) -> str:
 
 
 def _item_line(item: CatalogItem, cfg: PromptConfig) -> str:
-    """``<sid> <leaf category>[ | <title>]``: the SID tokens delimit themselves, so a space suffices."""
+    """``<sid> <leaf category>[ | by <brand>][ | <title>]``: the SID tokens delimit themselves."""
     fields = [item.leaf_category or ""]
+    if cfg.include_brand and item.brand:
+        fields.append(f"by {item.brand}")
     if cfg.include_title and item.title:
         fields.append(item.title[: cfg.max_title_chars].rstrip())
     return f"{item.sid} {' | '.join(fields)}".rstrip()
@@ -163,7 +167,7 @@ def render_messages(
         history: item ids the user bought, oldest first.
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
-        cfg: whether titles are shown and how many characters of each, and how the answer names
+        cfg: whether brands and titles are shown (how many characters of each title), and how the answer names
             candidates (``index`` numbers the candidate lines from 1).
 
     Returns:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import PromptConfig, TracesConfig
+from components.config import AnalystWeights, PromptConfig, TracesConfig
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
 from components.traces.teacher import Proposal
@@ -120,18 +120,6 @@ class AnalystStats:
         return +counts  # drops the categories only this user moved to
 
 
-@dataclass(frozen=True)
-class AnalystWeights:
-    """How much each signal adds to a candidate's score (the scale of ``temperature``)."""
-
-    co_purchase: float = 1.0  # per log(1 + co-purchases summed over history items)
-    category: float = 1.0  # per share of history items in the candidate's leaf category
-    brand: float = 0.5  # per share of history items of the candidate's brand
-    transition: float = 1.0  # per share of transitions from the latest category into the candidate's
-    popularity: float = 0.1  # per log(1 + training purchases by other users)
-    pre_rank: float = 0.5  # per -log(pre-rank position): the pre-ranker is a strong prior
-
-
 @dataclass
 class _Evidence:
     """The facts about one candidate, all computed from the example and the statistics."""
@@ -194,7 +182,7 @@ class AnalystTeacher:
         stats: training-split statistics.
         target_tokens: the trace length to aim for, in ``trace_length`` units.
         temperature: scale of the Gumbel noise on the scores; 0 always gives the same ranking.
-        weights: signal weights; the defaults when None.
+        weights: signal weights (the defaults when None); a zero-weight signal is never cited.
         promote_top: 0 ranks by the whole sampled order; k > 0 moves its top k to the front and
             keeps the other candidates in pre-rank order.
         cite_by_number: cite candidates as ``candidate k`` and history items by category instead
@@ -209,7 +197,7 @@ class AnalystTeacher:
 
     @classmethod
     def from_config(cls, stats: AnalystStats, cfg: TracesConfig, prompt_cfg: PromptConfig) -> AnalystTeacher:
-        """An analyst with the config's length target and temperature.
+        """An analyst with the config's length target, temperature, signal weights and answer form.
 
         Args:
             stats: training-split statistics.
@@ -223,6 +211,7 @@ class AnalystTeacher:
             stats,
             target_tokens=cfg.target_tokens,
             temperature=cfg.temperature,
+            weights=cfg.weights,
             promote_top=cfg.promote_top,
             cite_by_number=prompt_cfg.answer_ids == "index",
         )
@@ -309,10 +298,13 @@ class AnalystTeacher:
         size = len(history)
         items = [catalog.item(h) for h in history]
         sentences: list[_Sentence] = []
-        for kind, (attribute, template) in enumerate(
-            (("leaf_category", "{n} of {k} history items {verb} {value}{latest}."),
-             ("brand", "{n} of {k} history items {verb} by {value}{latest}."))
-        ):
+        patterns = (
+            ("leaf_category", "{n} of {k} history items {verb} {value}{latest}.", self.weights.category),
+            ("brand", "{n} of {k} history items {verb} by {value}{latest}.", self.weights.brand),
+        )
+        for kind, (attribute, template, weight) in enumerate(patterns):
+            if not weight:
+                continue
             # Counted newest first, so ties go to the more recent value (most_common keeps that order).
             counts = Counter(getattr(item, attribute) for item in reversed(items) if getattr(item, attribute))
             for position, (value, n) in enumerate(counts.most_common()):
@@ -342,22 +334,23 @@ class AnalystTeacher:
         sentences: list[_Sentence] = []
         for rank, e in enumerate(order):
             facts: list[str] = []
-            if e.co_with is not None:
+            if e.co_with is not None and self.weights.co_purchase:
                 facts.append(
                     f"{e.name} was also bought by {e.co_count} other {_plural(e.co_count, 'shopper', 'shoppers')} "
                     f"who bought {e.co_with}."
                 )
-            if e.category_matches:
+            if e.category_matches and self.weights.category:
                 facts.append(f"{e.name} is {e.category}, like {e.category_matches} history {_plural(e.category_matches, 'item', 'items')}.")
-            if e.brand_matches:
+            if e.brand_matches and self.weights.brand:
                 facts.append(f"{e.name} is by {e.brand}, like {e.brand_matches} history {_plural(e.brand_matches, 'item', 'items')}.")
-            if e.transition_count and e.category not in cited_transitions:
+            if e.transition_count and e.category not in cited_transitions and self.weights.transition:
                 cited_transitions.add(e.category or "")
                 facts.append(
                     f"Other shoppers follow {latest_category} with {e.category} "
                     f"{e.transition_count} of {e.transition_total} times."
                 )
-            facts.append(f"{e.name} was bought {e.popularity} {_plural(e.popularity, 'time', 'times')} by other shoppers.")
+            if self.weights.popularity:
+                facts.append(f"{e.name} was bought {e.popularity} {_plural(e.popularity, 'time', 'times')} by other shoppers.")
             for kind, text in enumerate(facts):
                 # The top item's strongest fact is the step's core; evidence for higher-ranked
                 # items comes first, so a short trace argues for its own top choices.

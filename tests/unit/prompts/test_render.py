@@ -66,7 +66,7 @@ def test_prompt_lists_history_then_candidates_in_order(catalog: ItemCatalog) -> 
 def test_index_form_numbers_candidates_and_writes_positions(catalog: ItemCatalog) -> None:
     cfg = PromptConfig(answer_ids="index")
     system, user = (m["content"] for m in render_messages(HISTORY, CANDIDATES, catalog, cfg))
-    assert "10 candidate numbers" in system
+    assert "10 candidate numbers" in system and "by their number" in system and "SID" not in system
     history_part, candidate_part = user.split("Candidates")
     lines = candidate_part.splitlines()[1:]
     assert lines == [f"{k}. {catalog.sid(item)} {catalog.item(item).leaf_category}" for k, item in enumerate(CANDIDATES, 1)]
@@ -94,6 +94,18 @@ def test_prompt_shows_titles_only_when_asked(catalog: ItemCatalog) -> None:
     for item_id in HISTORY + CANDIDATES:
         assert f"| {catalog.item(item_id).title[:20].rstrip()}\n" in with_titles + "\n"
     assert "rather long" not in with_titles
+
+
+def test_prompt_shows_brands_only_when_asked(catalog: ItemCatalog) -> None:
+    plain = render_messages(HISTORY, CANDIDATES, catalog, PromptConfig())[1]["content"]
+    assert " by " not in plain
+    cfg = PromptConfig(include_brand=True, include_title=True, max_title_chars=20)
+    lines = render_messages(HISTORY, CANDIDATES, catalog, cfg)[1]["content"].splitlines()
+    for item_id in HISTORY + CANDIDATES:
+        item = catalog.item(item_id)
+        line = next(line for line in lines if item.sid in line)
+        expected = [item.leaf_category] + ([f"by {item.brand}"] if item.brand else []) + [item.title[:20].rstrip()]
+        assert line.split(f"{item.sid} ")[1] == " | ".join(expected)
 
 
 def test_prompt_names_an_unknown_item(catalog: ItemCatalog) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.config import AnalystWeights, ConfigError, load_config
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
 from components.traces import AnalystStats, AnalystTeacher, trace_length, training_interactions
@@ -214,3 +215,33 @@ def test_citing_by_number_states_the_same_facts_without_sids(examples, stats, ca
         expected = re.sub(SID, lambda m: f"candidate {numbers[m[1]]}", expected)
         assert numbered.reasoning == expected
         assert f"I rank candidate {example['candidates'].index(example['target']) + 1} first" in numbered.reasoning
+
+
+PROMPT_ONLY = AnalystWeights(co_purchase=0.0, transition=0.0, popularity=0.0, brand=2.0, pre_rank=0.3)
+
+
+def test_zero_weight_signals_are_neither_cited_nor_scored(examples, stats, interactions, catalog):
+    sequences = user_sequences(training_interactions(interactions))
+    rng = np.random.default_rng(0)
+    records = examples.to_dict("records")
+    for example in records:
+        trace = AnalystTeacher(stats, target_tokens=400, weights=PROMPT_ONLY).propose(example, catalog, rng, None).reasoning
+        assert not (CO_CLAIM.search(trace) or TRANSITION_CLAIM.search(trace) or POPULARITY_CLAIM.search(trace)), trace
+        assert check_claims(trace, example, sequences, catalog) == len(re.split(r"(?<=\.) ", trace)) - 1
+    # Counts from the training split cannot move a ranking that weighs none of them.
+    def rankings(weights: AnalystWeights, counts: AnalystStats) -> list[list[str]]:
+        teacher = AnalystTeacher(counts, temperature=0.0, weights=weights)
+        return [teacher.propose(example, catalog, rng, None).ranking for example in records]
+
+    assert rankings(PROMPT_ONLY, stats) == rankings(PROMPT_ONLY, AnalystStats())
+    assert rankings(AnalystWeights(), stats) != rankings(AnalystWeights(), AnalystStats())
+
+
+def test_config_weights_reach_the_analyst_and_unknown_signals_are_named(stats):
+    cfg = load_config(None, ["traces.weights.popularity=0", "traces.weights.brand=2"])
+    teacher = AnalystTeacher.from_config(stats, cfg.traces, cfg.prompts)
+    assert teacher.weights == AnalystWeights(popularity=0.0, brand=2.0)
+    with pytest.raises(ConfigError, match="traces.weights.recency"):
+        load_config(None, ["traces.weights.recency=1"])
+    with pytest.raises(ConfigError, match="traces.weights.brand"):
+        load_config(None, ["traces.weights.brand=-1"])
