@@ -12,7 +12,6 @@ provides. Results are appended to benchmarks/results/data_flow.md with the machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -25,25 +24,18 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cli_run import run_dgr2
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "data_flow.md"
 
 
 def _run(config: str, scratch: Path, api_url: str | None = None) -> tuple[float, dict]:
-    command = [
-        sys.executable, "-m", "components.cli", "data", "--config", config, "--json",
-        "--set", f"storage.artifact_root={scratch / 'artifacts'}",
-        "--set", f"storage.work_dir={scratch / 'work'}",
-    ]
-    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect")}
+    overrides = [f"storage.artifact_root={scratch / 'artifacts'}", f"storage.work_dir={scratch / 'work'}"]
+    env = {"PREFECT_HOME": str(scratch / "prefect")}
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"dgr2 data failed:\n{result.stderr[-4000:]}")
-    return seconds, json.loads(result.stdout)
+    return run_dgr2("data", config, overrides, env)
 
 
 def _free_port() -> int:

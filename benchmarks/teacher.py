@@ -14,15 +14,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from cli_run import run_dgr2  # noqa: E402
 from components.reporting import frontier_plot, recipe_summary_markdown, teacher_summary_markdown  # noqa: E402
 
 TRAINING_STAGES = ("midtrain", "sft", "rl", "cft", "opd", "diffusion_rl")
@@ -58,14 +57,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--name", help="results file suffix; default: the profile name")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "components.cli", args.command, "--config", args.config, "--json"]
-    command += [arg for item in args.overrides for arg in ("--set", item)]
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    wall_s = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"dgr2 {args.command} failed:\n{result.stderr[-4000:]}")
-    summary = json.loads(result.stdout)
+    wall_s, summary = run_dgr2(args.command, args.config, args.overrides)
 
     stages_s = sum(stage["seconds"] for stage in summary["stages"].values())
     profile = args.name or Path(args.config).stem

@@ -31,7 +31,7 @@ def data_summary_markdown(summary: dict[str, Any]) -> str:
         f"# Data flow: dataset version `{summary['dataset_version']}`",
         "",
         f"- users {data['users']:,}, items {data['items']:,}, interactions {data['interactions']:,}",
-        f"- examples: " + ", ".join(f"{k} {v:,}" for k, v in summary["examples"].items()),
+        "- examples: " + ", ".join(f"{k} {v:,}" for k, v in summary["examples"].items()),
         f"- semantic IDs ({sid['levels']} tokens): unique {sid['unique_rate']:.2%} "
         f"(before the last level {sid['unique_rate_before_last_level']:.2%}), longest collision chain "
         f"{sid['longest_collision_chain']}, codebook utilisation "
