@@ -84,14 +84,24 @@ class PromptConfig(_Section):
     include_title: bool = False
     max_title_chars: int = Field(60, ge=8)
     # The brand is a few tokens and the strongest re-ranking signal a prompt can show without titles:
-    # on valid, "the first candidate whose brand is in the history, else the pre-rank top" scores
-    # R@1 0.433 against the pre-ranker's 0.370, while categories alone score 0.372.
+    # on all valid users the analyst ranking by shared brand alone scores R@1 0.430 against the
+    # pre-ranker's 0.366, by shared category alone 0.364 (benchmarks/results/analyst_valid.md).
     include_brand: bool = False
+    # Mark a candidate whose brand some history item shares: a one-token flag a model can attend to,
+    # where matching brand names across the prompt is a lookup a small from-scratch model did not
+    # learn in 500 SFT steps (benchmarks/results/choice_probe_tiny-visible-traces.md).
+    mark_shared_brand: bool = False
     # How the answer's ranking names the candidates: by SID (Diffusion-GR2, paper.md section 1) or
     # by their 1-based position in the prompt's candidate list (the GR2 technical report's
     # permutation of {1..K}, paper.md section 5). A model built from scratch must otherwise learn
     # to copy multi-token SIDs out of its prompt before any answer can be valid.
     answer_ids: Literal["sid", "index"] = "sid"
+
+    @model_validator(mode="after")
+    def _marks_need_brands(self) -> "PromptConfig":
+        if self.mark_shared_brand and not self.include_brand:
+            raise ValueError("prompts.mark_shared_brand needs prompts.include_brand: true (the mark follows the brand)")
+        return self
 
 
 class FeaturesConfig(_Section):

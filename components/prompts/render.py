@@ -148,11 +148,12 @@ def _clean_text(value: object) -> str:
     return " ".join(str(value).split())
 
 
-def _item_line(item: CatalogItem, cfg: PromptConfig) -> str:
-    """``<sid> <leaf category>[ | by <brand>][ | <title>]``: the SID tokens delimit themselves."""
+def _item_line(item: CatalogItem, cfg: PromptConfig, history_brands: frozenset[str] = frozenset()) -> str:
+    """``<sid> <leaf category>[ | by <brand>[, in history]][ | <title>]``: the SID tokens delimit themselves."""
     fields = [item.leaf_category or ""]
     if cfg.include_brand and item.brand:
-        fields.append(f"by {item.brand}")
+        shared = cfg.mark_shared_brand and item.brand in history_brands
+        fields.append(f"by {item.brand}" + (", in history" if shared else ""))
     if cfg.include_title and item.title:
         fields.append(item.title[: cfg.max_title_chars].rstrip())
     return f"{item.sid} {' | '.join(fields)}".rstrip()
@@ -167,7 +168,7 @@ def render_messages(
         history: item ids the user bought, oldest first.
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
-        cfg: whether brands and titles are shown (how many characters of each title), and how the answer names
+        cfg: whether brands (marked when the history shares them) and titles are shown, and how the answer names
             candidates (``index`` numbers the candidate lines from 1).
 
     Returns:
@@ -177,9 +178,10 @@ def render_messages(
         raise ValueError("a re-ranking prompt needs at least one candidate")
     lines = ["Purchase history (oldest first):"]
     lines += [_item_line(items.item(item_id), cfg) for item_id in history]
+    history_brands = frozenset(b for b in (items.item(item_id).brand for item_id in history) if b)
     lines.append("Candidates (pre-ranked, best first):")
     for position, item_id in enumerate(candidates, start=1):
-        line = _item_line(items.item(item_id), cfg)
+        line = _item_line(items.item(item_id), cfg, history_brands)
         lines.append(f"{position}. {line}" if cfg.answer_ids == "index" else line)
     return [
         {"role": "system", "content": _system_message(len(candidates), cfg.answer_ids)},

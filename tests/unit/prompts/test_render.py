@@ -108,6 +108,19 @@ def test_prompt_shows_brands_only_when_asked(catalog: ItemCatalog) -> None:
         assert line.split(f"{item.sid} ")[1] == " | ".join(expected)
 
 
+def test_shared_brands_are_marked_on_candidates_only(catalog: ItemCatalog) -> None:
+    history_brands = {catalog.item(h).brand for h in HISTORY} - {None}
+    cfg = PromptConfig(include_brand=True, mark_shared_brand=True)
+    history_part, candidate_part = render_messages(HISTORY, CANDIDATES, catalog, cfg)[1]["content"].split("Candidates")
+    assert ", in history" not in history_part
+    marked = [item for item, line in zip(CANDIDATES, candidate_part.splitlines()[1:]) if line.endswith(", in history")]
+    assert marked == [item for item in CANDIDATES if catalog.item(item).brand in history_brands] != []
+    unmarked = render_messages(HISTORY, CANDIDATES, catalog, PromptConfig(include_brand=True))[1]["content"]
+    assert ", in history" not in unmarked
+    with pytest.raises(ValueError, match="include_brand"):
+        PromptConfig(mark_shared_brand=True)
+
+
 def test_prompt_names_an_unknown_item(catalog: ItemCatalog) -> None:
     with pytest.raises(KeyError, match="nope"):
         render_messages(["nope"], CANDIDATES, catalog, PromptConfig())
