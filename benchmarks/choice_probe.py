@@ -80,13 +80,14 @@ def main() -> None:
         ids = tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():
             probs = model(ids).logits[0, -1].float().softmax(-1)
+        named_id = _token_id(tokenizer, f" {named}")
         rows.append(
             {
                 "pick": "candidate 1" if named == "1" else "another candidate",
                 "brand evidence": answer[cut:].split(".")[0].startswith(f" {named} is by "),
-                "p(named)": float(probs[_token_id(tokenizer, f" {named}")]),
+                "p(named)": float(probs[named_id]),
                 "p(candidate 1)": float(probs[top_id]),
-                "argmax is named": int(probs.argmax()) == _token_id(tokenizer, f" {named}"),
+                "argmax is named": int(probs.argmax()) == named_id,
             }
         )
     columns = ("p(named)", "p(candidate 1)", "argmax is named")

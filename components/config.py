@@ -87,9 +87,9 @@ class PromptConfig(_Section):
     # on all valid users the analyst ranking by shared brand alone scores R@1 0.430 against the
     # pre-ranker's 0.366, by shared category alone 0.364 (benchmarks/results/analyst_valid.md).
     include_brand: bool = False
-    # Mark a candidate whose brand some history item shares: a one-token flag a model can attend to,
-    # where matching brand names across the prompt is a lookup a small from-scratch model did not
-    # learn in 500 SFT steps (benchmarks/results/choice_probe_tiny-visible-traces.md).
+    # Mark a candidate whose brand some history item shares: a flag a model can attend to instead of
+    # matching brand names across the prompt. The tiny model used neither the names nor the mark in
+    # 400-500 SFT steps (benchmarks/results/choice_probe_tiny-*.md); a larger model may.
     mark_shared_brand: bool = False
     # How the answer's ranking names the candidates: by SID (Diffusion-GR2, paper.md section 1) or
     # by their 1-based position in the prompt's candidate list (the GR2 technical report's

@@ -168,8 +168,8 @@ def render_messages(
         history: item ids the user bought, oldest first.
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
-        cfg: whether brands (marked when the history shares them) and titles are shown, and how the answer names
-            candidates (``index`` numbers the candidate lines from 1).
+        cfg: whether brands (marked when the history shares them) and titles are shown, and how
+            the answer names candidates (``index`` numbers the candidate lines from 1).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``; the chat template is the tokenizer's.
