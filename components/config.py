@@ -91,6 +91,10 @@ class PromptConfig(_Section):
     # matching brand names across the prompt. The tiny model used neither the names nor the mark in
     # 400-500 SFT steps (benchmarks/results/choice_probe_tiny-*.md); a larger model may.
     mark_shared_brand: bool = False
+    # A line after the candidates that lists those whose brand the history shares, most shared
+    # history items first: the evidence sits where the model writes, one number to copy instead
+    # of a match to find across the prompt (a served feature, like Feast's user and item views).
+    list_shared_brands: bool = False
     # How the answer's ranking names the candidates: by SID (Diffusion-GR2, paper.md section 1) or
     # by their 1-based position in the prompt's candidate list (the GR2 technical report's
     # permutation of {1..K}, paper.md section 5). A model built from scratch must otherwise learn
@@ -99,8 +103,9 @@ class PromptConfig(_Section):
 
     @model_validator(mode="after")
     def _marks_need_brands(self) -> "PromptConfig":
-        if self.mark_shared_brand and not self.include_brand:
-            raise ValueError("prompts.mark_shared_brand needs prompts.include_brand: true (the mark follows the brand)")
+        for flag in ("mark_shared_brand", "list_shared_brands"):
+            if getattr(self, flag) and not self.include_brand:
+                raise ValueError(f"prompts.{flag} needs prompts.include_brand: true (the evidence names brands the prompt shows)")
         return self
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -148,7 +149,7 @@ def _clean_text(value: object) -> str:
     return " ".join(str(value).split())
 
 
-def _item_line(item: CatalogItem, cfg: PromptConfig, history_brands: frozenset[str] = frozenset()) -> str:
+def _item_line(item: CatalogItem, cfg: PromptConfig, history_brands: Collection[str] = ()) -> str:
     """``<sid> <leaf category>[ | by <brand>[, in history]][ | <title>]``: the SID tokens delimit themselves."""
     fields = [item.leaf_category or ""]
     if cfg.include_brand and item.brand:
@@ -157,6 +158,17 @@ def _item_line(item: CatalogItem, cfg: PromptConfig, history_brands: frozenset[s
     if cfg.include_title and item.title:
         fields.append(item.title[: cfg.max_title_chars].rstrip())
     return f"{item.sid} {' | '.join(fields)}".rstrip()
+
+
+def _shared_brand_line(history_brands: Counter[str], candidates: Sequence[str], items: ItemCatalog, answer_ids: str) -> str:
+    """The candidates whose brand some history item has, most such items first, then in pre-rank order."""
+    shared = []
+    for position, item_id in enumerate(candidates, start=1):
+        count = history_brands.get(items.item(item_id).brand or "", 0)
+        if count:
+            shared.append((-count, position, f"{position if answer_ids == 'index' else items.sid(item_id)} ({count})"))
+    listed = ", ".join(entry for *_, entry in sorted(shared)) or "none"
+    return f"Candidates by a brand in the history (history items with it): {listed}"
 
 
 def render_messages(
@@ -168,8 +180,9 @@ def render_messages(
         history: item ids the user bought, oldest first.
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
-        cfg: whether brands (marked when the history shares them) and titles are shown, and how
-            the answer names candidates (``index`` numbers the candidate lines from 1).
+        cfg: whether brands (marked, or listed after the candidates, when the history shares
+            them) and titles are shown, and how the answer names candidates (``index`` numbers the
+            candidate lines from 1).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``; the chat template is the tokenizer's.
@@ -178,11 +191,13 @@ def render_messages(
         raise ValueError("a re-ranking prompt needs at least one candidate")
     lines = ["Purchase history (oldest first):"]
     lines += [_item_line(items.item(item_id), cfg) for item_id in history]
-    history_brands = frozenset(b for b in (items.item(item_id).brand for item_id in history) if b)
+    history_brands = Counter(b for b in (items.item(item_id).brand for item_id in history) if b)
     lines.append("Candidates (pre-ranked, best first):")
     for position, item_id in enumerate(candidates, start=1):
         line = _item_line(items.item(item_id), cfg, history_brands)
         lines.append(f"{position}. {line}" if cfg.answer_ids == "index" else line)
+    if cfg.list_shared_brands:
+        lines.append(_shared_brand_line(history_brands, candidates, items, cfg.answer_ids))
     return [
         {"role": "system", "content": _system_message(len(candidates), cfg.answer_ids)},
         {"role": "user", "content": "\n".join(lines)},

@@ -121,6 +121,24 @@ def test_shared_brands_are_marked_on_candidates_only(catalog: ItemCatalog) -> No
         PromptConfig(mark_shared_brand=True)
 
 
+def test_shared_brands_are_listed_most_shared_first() -> None:
+    items, sids = item_frames()
+    items["brand"] = [{1: "OPI", 3: "OPI", 5: "OPI", 2: "Essie", 7: "Essie", 9: "Essie", 11: "Revlon"}.get(k) for k in range(12)]
+    catalog = ItemCatalog.from_frames(items, sids)
+    history = ["i1", "i2", "i3", "i4"]  # OPI twice, Essie once, one item without a brand
+    cfg = PromptConfig(include_brand=True, list_shared_brands=True, answer_ids="index")
+    last_line = render_messages(history, CANDIDATES, catalog, cfg)[1]["content"].splitlines()[-1]
+    # OPI candidates at positions 2, 6 and 10 (two history items each), then Essie at 1 and 3.
+    assert last_line == "Candidates by a brand in the history (history items with it): 2 (2), 6 (2), 10 (2), 1 (1), 3 (1)"
+    by_sid = render_messages(history, CANDIDATES, catalog, cfg.model_copy(update={"answer_ids": "sid"}))[1]["content"]
+    assert by_sid.endswith(f"{catalog.sid('i3')} (2), {catalog.sid('i5')} (2), {catalog.sid('i1')} (2), {catalog.sid('i9')} (1), {catalog.sid('i7')} (1)")
+    assert render_messages(["i4", "i11"], CANDIDATES[:4], catalog, cfg)[1]["content"].endswith("(history items with it): none")
+    unlisted = render_messages(history, CANDIDATES, catalog, PromptConfig(include_brand=True))[1]["content"]
+    assert "history items with it" not in unlisted
+    with pytest.raises(ValueError, match="list_shared_brands needs prompts.include_brand"):
+        PromptConfig(list_shared_brands=True)
+
+
 def test_prompt_names_an_unknown_item(catalog: ItemCatalog) -> None:
     with pytest.raises(KeyError, match="nope"):
         render_messages(["nope"], CANDIDATES, catalog, PromptConfig())
