@@ -1,6 +1,7 @@
 """The training loop every stage shares: the stage supplies model, batches and loss."""
 
 from components.training.loop import (
+    LOSS_WEIGHT_KEY,
     TOKENS_KEY,
     TrainResult,
     TrainState,
@@ -14,6 +15,7 @@ from components.training.loop import (
 )
 
 __all__ = [
+    "LOSS_WEIGHT_KEY",
     "TOKENS_KEY",
     "TrainResult",
     "TrainState",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.modeling.block_diffusion import BlockDiffusionSpec, padded_length, token_flags, training_layout
-from components.training.loop import TOKENS_KEY
+from components.training.loop import LOSS_WEIGHT_KEY, TOKENS_KEY
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample
 
 # Source of a token supervised from the clean stream (a block's first token) rather than a view.
@@ -123,7 +123,7 @@ def pack_batch(
         ``input_ids`` (B, N), ``attention_mask`` (B, 1, N, N) bool, ``position_ids`` (B, N),
         ``logit_index`` (B, R): for every response token, the column (counted from the prompt's
         last position) whose logits predict it; ``targets``, ``weights``, ``segments`` (B, R); and
-        ``num_tokens`` (B,). N = P + (V + 1) R.
+        ``num_tokens`` and ``loss_weight`` (B,). N = P + (V + 1) R.
     """
     prompt_width = max(len(e.prompt_ids) for e in examples)
     response_width = max(len(e.response_ids) for e in examples)
@@ -183,6 +183,7 @@ def pack_batch(
         "weights": weights,
         "segments": segments,
         TOKENS_KEY: (weights != 0).sum(dim=1),
+        LOSS_WEIGHT_KEY: weights.sum(dim=1),
         # A 0-d tensor: the same for every row, so it is not split across DDP ranks.
         "prompt_width": torch.tensor(prompt_width),
     }

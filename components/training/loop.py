@@ -15,9 +15,12 @@ restarts from the checkpoint of step ``n`` therefore sees the same data and the 
 scheduler state plus the step, so nothing else carries over between steps.
 
 Under DDP every rank builds the same global micro-batch and keeps its contiguous slice of the rows,
-so a run on ``W`` ranks takes the same optimizer steps as one process over the whole batch (the
-gradients are averaged across ranks, and the loss is a mean over equally sized shards). Only rank 0
-logs, shows the progress bar, calls ``on_metrics`` and writes checkpoints.
+so a run on ``W`` ranks takes the same optimizer steps as one process over the whole batch. A stage's
+loss is a mean over its shard; when rows weigh differently in that mean (SFT counts weighted
+tokens, and rows differ in length), the batch says so under ``loss_weight`` and the loop scales each
+shard's mean by its share of the step's total weight. Accumulated micro-batches and DDP shards then
+give exactly the gradient of one mean over the step's whole batch, not a mean of shard means. Only
+rank 0 logs, shows the progress bar, calls ``on_metrics`` and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ logger = logging.getLogger(__name__)
 # Optional per-example token counts in a batch, shape (B,): tokens/s counts them when present,
 # otherwise each example counts as one token. It is sharded with the rows like any other tensor.
 TOKENS_KEY = "num_tokens"
+# Optional per-example weights in a batch, shape (B,): the weight each row carries in the normaliser
+# of a loss that is a weighted mean (SFT's weighted token count, DAPO's response tokens). Without it
+# every row weighs the same.
+LOSS_WEIGHT_KEY = "loss_weight"
 
 _STATE_FILE = "state.pt"
 _META_FILE = "meta.json"
@@ -274,17 +281,28 @@ def _build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=device.type == "cuda")
 
 
+def _rank_rows(key: str, value: Tensor, env: _Dist) -> Tensor:
+    """This rank's contiguous slice of ``value``'s rows (dim 0); a 0-d tensor is shared."""
+    if not env.enabled or value.dim() == 0:
+        return value
+    if value.shape[0] % env.world_size:
+        raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, not divisible by {env.world_size} ranks")
+    rows = value.shape[0] // env.world_size
+    return value[env.rank * rows : (env.rank + 1) * rows]
+
+
 def _shard(batch: Batch, env: _Dist) -> dict[str, Tensor]:
-    """This rank's contiguous slice of the rows (dim 0), moved to its device; 0-d tensors are shared."""
-    shard = {}
-    for key, value in batch.items():
-        if env.enabled and value.dim() > 0:
-            if value.shape[0] % env.world_size:
-                raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, not divisible by {env.world_size} ranks")
-            rows = value.shape[0] // env.world_size
-            value = value[env.rank * rows : (env.rank + 1) * rows]
-        shard[key] = value.to(env.device, non_blocking=True)
-    return shard
+    """This rank's rows of every tensor, moved to its device."""
+    return {key: _rank_rows(key, value, env).to(env.device, non_blocking=True) for key, value in batch.items()}
+
+
+def _loss_weights(batch: Batch) -> Tensor:
+    """Each row's weight in the loss's normaliser (CPU): ``loss_weight``, or 1 per row without it."""
+    weights = batch.get(LOSS_WEIGHT_KEY)
+    if weights is not None:
+        return weights.float()
+    rows = next(value.shape[0] for value in batch.values() if value.dim() > 0)
+    return torch.ones(rows)
 
 
 def _count_tokens(batch: Batch) -> int:
@@ -308,32 +326,36 @@ def _accumulate_gradients(
 
     Returns:
         Tokens of the step's global batch, and ``loss`` plus the loss_fn's extras, each the mean
-        over micro-batches and ranks.
+        over the step's micro-batches and ranks, weighted by their shares of the step's loss weight.
     """
+    micro_batches = [batches(step * cfg.grad_accum_steps + micro) for micro in range(cfg.grad_accum_steps)]
+    # Every rank holds the whole global batch, so the step's total weight needs no communication.
+    total_weight = float(sum(_loss_weights(batch).sum() for batch in micro_batches))
     sums: dict[str, Tensor] = {}
     tokens = 0
-    for micro in range(cfg.grad_accum_steps):
-        batch = batches(step * cfg.grad_accum_steps + micro)
-        # Every rank holds the whole global batch, so this count is already the global one.
+    for micro, batch in enumerate(micro_batches):
+        # Already the global count, for the same reason.
         tokens += _count_tokens(batch)
+        # This shard's mean loss stands for its share of the step's weight; DDP averages gradients
+        # over ranks, hence the world size. A step whose rows all weigh 0 has nothing to learn from.
+        shard_weight = float(_rank_rows(LOSS_WEIGHT_KEY, _loss_weights(batch), env).sum())
+        share = shard_weight / total_weight if total_weight > 0 else 0.0
         # Gradients are all-reduced once per step, on the last micro-batch's backward.
         last_micro = micro == cfg.grad_accum_steps - 1
         with module.no_sync() if env.enabled and not last_micro else nullcontext():
             with autocast:
                 loss, extras = loss_fn(module, _shard(batch, env))
-            # Mean of micro-batch means = mean over the step's batch (micro-batches are equal-sized).
-            (loss / cfg.grad_accum_steps).backward()
+            (loss * (share * env.world_size)).backward()
         for key, value in {"loss": loss, **extras}.items():
             value = torch.as_tensor(value, device=env.device).detach().float()
-            sums[key] = sums.get(key, 0.0) + value
+            sums[key] = sums.get(key, 0.0) + value * share
     # One all-reduce sums the metrics over ranks. Reading them back waits for the device once per
     # step, which the progress bar needs anyway.
     names = sorted(sums)
     packed = torch.stack([sums[name] for name in names])
     if env.enabled:
         dist.all_reduce(packed)
-    divisor = cfg.grad_accum_steps * env.world_size
-    return tokens, {name: total / divisor for name, total in zip(names, packed.tolist())}
+    return tokens, dict(zip(names, packed.tolist()))
 
 
 def train(
@@ -354,15 +376,16 @@ def train(
             + micro``) as a dict of CPU tensors whose dim 0 is the example axis, ``cfg.batch_size``
             rows. It must be a pure function of ``index`` (use :func:`batch_indices`): that is what
             makes resume exact and lets every DDP rank cut the same batch. An optional
-            ``num_tokens`` entry, shape (B,), counts tokens for tokens/s.
-        loss_fn: ``loss_fn(module, shard)`` returns the mean loss over the shard's rows and a dict
-            of extra scalars to report. Under DDP ``module`` is the DDP wrapper: call it, reach
+            ``num_tokens`` entry, shape (B,), counts tokens for tokens/s; an optional
+            ``loss_weight`` entry, shape (B,), gives each row's weight in the loss's normaliser.
+        loss_fn: ``loss_fn(module, shard)`` returns the mean loss over the shard's rows (weighted
+            by ``loss_weight`` when the batch has it) and a dict of extra scalars to report. Under DDP ``module`` is the DDP wrapper: call it, reach
             for attributes through ``.module``.
         cfg: optimizer, schedule, accumulation, clipping, checkpoint and logging settings.
         checkpoint_dir: where ``step_*`` checkpoints live; the latest one there is resumed from.
         on_metrics: called on rank 0 every ``cfg.log_every`` steps and after the last step with
             ``(step, metrics)``: ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s`` and the
-            loss_fn's extras (means over micro-batches and ranks). Trackers hook in here.
+            loss_fn's extras (means over micro-batches and ranks, weighted as the loss is). Trackers hook in here.
         metadata: JSON-serialisable facts stored in every checkpoint so it describes itself (model
             preset, tokenizer path, the full resolved config, ...).
 

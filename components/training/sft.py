@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from components.config import SftConfig
 from components.modeling.tokenizer import IM_END
 from components.prompts.render import REASONING_KEY, render_answer
-from components.training.loop import TOKENS_KEY
+from components.training.loop import LOSS_WEIGHT_KEY, TOKENS_KEY
 
 # What each token is, kept beside its weight so the reasoning and answer losses can be logged apart
 # even when a weight is 0 or both weights are equal.
@@ -187,8 +187,9 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, Tensor
 
     Returns:
         ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, ``loss_weights`` (B, T) float,
-        ``segments`` (B, T) long (``PROMPT`` on padding) and ``num_tokens`` (B,) long, the count of
-        tokens with a non-zero weight.
+        ``segments`` (B, T) long (``PROMPT`` on padding), ``num_tokens`` (B,) long, the count of
+        tokens with a non-zero weight, and ``loss_weight`` (B,), their summed weight (the loss's
+        normaliser, so accumulation and DDP weigh rows as one batch would).
     """
     width = max(len(example.input_ids) for example in examples)
     batch = {
@@ -204,6 +205,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, Tensor
         batch["loss_weights"][row, :n] = torch.tensor(example.loss_weights)
         batch["segments"][row, :n] = torch.tensor(example.segments)
     batch[TOKENS_KEY] = (batch["loss_weights"] != 0).sum(dim=1)
+    batch[LOSS_WEIGHT_KEY] = batch["loss_weights"].sum(dim=1)
     return batch
 
 

@@ -1,4 +1,4 @@
-"""Run by the DDP test under torchrun: train the toy task, save each rank's final weights.
+"""Run by the DDP test under torchrun: train the toy task (weighted rows), save each rank's final weights.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 ddp_run.py OUT_DIR CONFIG_JSON
 """
@@ -14,7 +14,7 @@ import torch
 
 from components.config import TrainingConfig
 from components.training import train
-from tests.unit.training.toy import make_batches, make_model, mse_loss
+from tests.unit.training.toy import make_batches, make_model, weighted_mse_loss
 
 if __name__ == "__main__":
     out_dir, cfg = Path(sys.argv[1]), TrainingConfig.model_validate(json.loads(sys.argv[2]))
@@ -24,9 +24,9 @@ if __name__ == "__main__":
     def counting_loss(module: torch.nn.Module, batch: dict[str, torch.Tensor]):
         global rows_seen
         rows_seen += len(batch["x"])
-        return mse_loss(module, batch)
+        return weighted_mse_loss(module, batch)
 
-    result = train(model, make_batches(cfg), counting_loss, cfg, out_dir / "checkpoints")
+    result = train(model, make_batches(cfg, weighted=True), counting_loss, cfg, out_dir / "checkpoints")
     rank = os.environ["RANK"]
     torch.save(model.state_dict(), out_dir / f"rank{rank}.pt")
     summary = {"final_loss": result.final_loss, "steps": result.steps, "rows_seen": rows_seen}

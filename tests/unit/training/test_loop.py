@@ -15,7 +15,7 @@ import torch
 
 from components.config import TrainingConfig
 from components.training import batch_indices, latest_checkpoint, load_checkpoint, lr_multiplier, train
-from tests.unit.training.toy import NUM_EXAMPLES, make_batches, make_model, mse_loss
+from tests.unit.training.toy import NUM_EXAMPLES, make_batches, make_model, mse_loss, weighted_mse_loss
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -85,10 +85,13 @@ def test_batch_indices_cover_each_epoch_once_and_are_reproducible() -> None:
     assert not torch.equal(batch_indices(NUM_EXAMPLES, 24, 0, seed=8), first_epochs[:24])
 
 
-def test_grad_accumulation_equals_one_big_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weighted", [False, True], ids=["rows-equal", "rows-weighted"])
+def test_grad_accumulation_equals_one_big_batch(tmp_path: Path, weighted: bool) -> None:
+    # Weighted rows: a mean of the micro-batches' weighted means would differ from the big batch's.
+    loss = weighted_mse_loss if weighted else mse_loss
     big = _config(batch_size=8, grad_accum_steps=1, max_steps=5)
     accumulated = _config(batch_size=2, grad_accum_steps=4, max_steps=5)
-    big_batches = make_batches(big)
+    big_batches = make_batches(big, weighted)
 
     def quarter_batches(index: int) -> dict[str, torch.Tensor]:
         # Micro-batch index = step * 4 + micro: quarter `micro` of the big batch of that step.
@@ -96,8 +99,8 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path: Path) -> None:
         return {key: value[micro * 2 : (micro + 1) * 2] for key, value in big_batches(step).items()}
 
     model_big, model_accumulated = make_model(), make_model()
-    result_big = train(model_big, big_batches, mse_loss, big, tmp_path / "big")
-    result_accumulated = train(model_accumulated, quarter_batches, mse_loss, accumulated, tmp_path / "accumulated")
+    result_big = train(model_big, big_batches, loss, big, tmp_path / "big")
+    result_accumulated = train(model_accumulated, quarter_batches, loss, accumulated, tmp_path / "accumulated")
 
     assert result_accumulated.final_loss == pytest.approx(result_big.final_loss, abs=1e-6)
     _assert_same_weights(model_accumulated.state_dict(), model_big.state_dict(), atol=1e-6)
@@ -191,7 +194,8 @@ def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
     # Each rank's loss saw its half of every global micro-batch: 6 steps x 2 micro-batches x 8 rows / 2.
     assert [summary["rows_seen"] for summary in summaries] == [48, 48]
 
+    # The ranks' shards weigh differently (weighted rows): the step still equals one process's.
     single = make_model()
-    result = train(single, make_batches(cfg), mse_loss, cfg, tmp_path / "single")
+    result = train(single, make_batches(cfg, weighted=True), weighted_mse_loss, cfg, tmp_path / "single")
     _assert_same_weights(rank0, single.state_dict(), atol=1e-5)
     assert summaries[0]["final_loss"] == pytest.approx(result.final_loss, abs=1e-5)

@@ -16,7 +16,7 @@ from components.modeling.factory import build_model
 from components.modeling.tokenizer import IM_END, build_tokenizer
 from components.prompts import CatalogItem, ItemCatalog, render_answer, render_messages
 from components.semantic_ids.format import all_sid_tokens, sid_string
-from components.training import TOKENS_KEY, batch_indices, train
+from components.training import LOSS_WEIGHT_KEY, TOKENS_KEY, batch_indices, train
 from components.training.sft import (
     ANSWER,
     PROMPT,
@@ -141,6 +141,7 @@ def test_collate_right_pads_and_masks() -> None:
     assert batch["loss_weights"].tolist() == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
     assert batch["segments"].tolist() == [[PROMPT, REASONING, ANSWER], [PROMPT, ANSWER, PROMPT]]
     assert batch[TOKENS_KEY].tolist() == [2, 1]
+    assert batch[LOSS_WEIGHT_KEY].tolist() == [1.5, 1.0]
 
 
 class _FixedLogits(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from components.config import TrainingConfig
-from components.training import TOKENS_KEY, batch_indices
+from components.training import LOSS_WEIGHT_KEY, TOKENS_KEY, batch_indices
 
 NUM_EXAMPLES, IN_DIM, OUT_DIM = 64, 8, 4
 
@@ -27,14 +27,21 @@ def make_model(seed: int = 0, dropout: float = 0.0) -> nn.Module:
     )
 
 
-def make_batches(cfg: TrainingConfig):
-    """``batches(index)``: global micro-batch ``index`` of ``cfg.batch_size`` rows, seeded order."""
+def make_batches(cfg: TrainingConfig, weighted: bool = False):
+    """``batches(index)``: global micro-batch ``index`` of ``cfg.batch_size`` rows, seeded order.
+
+    ``weighted`` gives example k the loss weight 1 + k % 5, as rows of different lengths weigh
+    differently in a token-weighted loss (use ``weighted_mse_loss``).
+    """
     inputs, targets = make_data()
 
     def batches(index: int) -> dict[str, Tensor]:
         rows = batch_indices(NUM_EXAMPLES, cfg.batch_size, index, cfg.seed)
         # Pretend each example is 3 tokens, to check tokens/s counts the key rather than rows.
-        return {"x": inputs[rows], "y": targets[rows], TOKENS_KEY: torch.full((len(rows),), 3)}
+        batch = {"x": inputs[rows], "y": targets[rows], TOKENS_KEY: torch.full((len(rows),), 3)}
+        if weighted:
+            batch[LOSS_WEIGHT_KEY] = (1 + rows % 5).float()
+        return batch
 
     return batches
 
@@ -43,3 +50,11 @@ def mse_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
     prediction = model(batch["x"])
     loss = nn.functional.mse_loss(prediction, batch["y"])
     return loss, {"prediction_abs_mean": prediction.detach().abs().mean()}
+
+
+def weighted_mse_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Squared error averaged with the rows' loss weights, as SFT averages with token weights."""
+    prediction = model(batch["x"])
+    per_row = ((prediction - batch["y"]) ** 2).mean(dim=1)
+    weights = batch[LOSS_WEIGHT_KEY]
+    return (per_row * weights).sum() / weights.sum(), {"prediction_abs_mean": prediction.detach().abs().mean()}
