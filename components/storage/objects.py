@@ -160,8 +160,14 @@ def fetch_dir(uri: str, work_dir: str | Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             _s3_call(uri, client.download_file, bucket, f"{prefix}/{rel}", str(dest))
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
-        shutil.rmtree(cache, ignore_errors=True)
-        os.rename(staging, cache)
+        # The cache directory only ever appears whole, by this rename. When it fails, another
+        # process (a DDP rank on the same host) finished the same fetch first and may be reading
+        # its copy: keep that one rather than replace it under the reader.
+        try:
+            os.rename(staging, cache)
+        except OSError:
+            if not (cache / COMPLETE_MARKER).is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return cache

@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from components import storage
+from components.storage import objects
 from components.data.ingest import ingest, load_dataset
 from tests.conftest import BUNDLED_DATA
 from tests.integration.conftest import S3Server
@@ -197,6 +198,33 @@ def test_storage_helpers_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> Non
     assert storage.list_dirs(base) == ["out"]
     # At the bucket root too (other tests' prefixes are there as well).
     assert prefix in storage.list_dirs(f"s3://{s3.artifact_bucket}")
+
+
+def test_a_fetch_keeps_the_cache_another_process_completed(
+    s3: S3Server, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two DDP ranks fetch the same directory: the slower one must not replace the copy that the
+    faster one has already returned and may be reading."""
+    uri = f"s3://{s3.artifact_bucket}/{prefix}/out"
+    storage.publish_dir(_dir_with_file(tmp_path / "src", "alpha"), uri)
+    work = tmp_path / "work"
+    real_call = objects._s3_call
+    first: dict[str, Any] = {}
+
+    def call(target: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # While this fetch downloads its first file, the other rank runs a whole fetch.
+        if getattr(fn, "__name__", "") == "download_file" and not first:
+            first["started"] = True
+            first["cache"] = storage.fetch_dir(uri, work)
+            first["inode"] = (first["cache"] / "a.txt").stat().st_ino
+        return real_call(target, fn, *args, **kwargs)
+
+    monkeypatch.setattr(objects, "_s3_call", call)
+    cache = storage.fetch_dir(uri, work)
+    assert "cache" in first, "the concurrent fetch never ran"
+    assert cache == first["cache"] and (cache / "a.txt").stat().st_ino == first["inode"]
+    assert (cache / "a.txt").read_text() == "alpha"
+    assert [p.name for p in (work / "cache").iterdir()] == [cache.name], "a staging directory was left behind"
 
 
 @pytest.mark.slow
