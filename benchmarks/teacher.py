@@ -75,8 +75,9 @@ def main() -> None:
     lines = [*header, "", results_markdown(summary)]
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{kind}_{profile}.md"
-    out.write_text("\n".join(lines))
-    (args.results / f"{kind}_{profile}.json").write_text(json.dumps(summary, indent=1, default=str))
+    # Records are committed: the checkout's own path (in the MLflow store URI) is written as $PWD.
+    out.write_text("\n".join(lines).replace(str(REPO_ROOT), "$PWD"))
+    (args.results / f"{kind}_{profile}.json").write_text(json.dumps(summary, indent=1, default=str).replace(str(REPO_ROOT), "$PWD"))
     if summary.get("sweep") and summary.get("speed"):
         plot = frontier_plot(summary, args.results / f"{kind}_{profile}_frontier.png")
         out.write_text(out.read_text() + f"\n\n![accuracy-throughput frontier]({plot.name})\n")
