@@ -54,8 +54,8 @@ logger = logging.getLogger(__name__)
 # otherwise each example counts as one token. It is sharded with the rows like any other tensor.
 TOKENS_KEY = "num_tokens"
 # Optional per-example weights in a batch, shape (B,): the weight each row carries in the normaliser
-# of a loss that is a weighted mean (SFT's weighted token count, DAPO's response tokens). Without it
-# every row weighs the same.
+# of a loss that is a weighted mean (SFT's and CFT's weighted token counts). Without it every row
+# weighs the same, as the prompts of RL and OPD do: their rollouts are generated inside the loss.
 LOSS_WEIGHT_KEY = "loss_weight"
 
 _STATE_FILE = "state.pt"
@@ -379,13 +379,14 @@ def train(
             ``num_tokens`` entry, shape (B,), counts tokens for tokens/s; an optional
             ``loss_weight`` entry, shape (B,), gives each row's weight in the loss's normaliser.
         loss_fn: ``loss_fn(module, shard)`` returns the mean loss over the shard's rows (weighted
-            by ``loss_weight`` when the batch has it) and a dict of extra scalars to report. Under DDP ``module`` is the DDP wrapper: call it, reach
-            for attributes through ``.module``.
+            by ``loss_weight`` when the batch has it) and a dict of extra scalars to report. Under
+            DDP ``module`` is the DDP wrapper: call it, reach for attributes through ``.module``.
         cfg: optimizer, schedule, accumulation, clipping, checkpoint and logging settings.
         checkpoint_dir: where ``step_*`` checkpoints live; the latest one there is resumed from.
         on_metrics: called on rank 0 every ``cfg.log_every`` steps and after the last step with
             ``(step, metrics)``: ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s`` and the
-            loss_fn's extras (means over micro-batches and ranks, weighted as the loss is). Trackers hook in here.
+            loss_fn's extras (means over micro-batches and ranks, weighted as the loss is).
+            Trackers hook in here.
         metadata: JSON-serialisable facts stored in every checkpoint so it describes itself (model
             preset, tokenizer path, the full resolved config, ...).
 
