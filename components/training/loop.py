@@ -329,16 +329,17 @@ def _accumulate_gradients(
         over the step's micro-batches and ranks, weighted by their shares of the step's loss weight.
     """
     micro_batches = [batches(step * cfg.grad_accum_steps + micro) for micro in range(cfg.grad_accum_steps)]
+    row_weights = [_loss_weights(batch) for batch in micro_batches]
     # Every rank holds the whole global batch, so the step's total weight needs no communication.
-    total_weight = float(sum(_loss_weights(batch).sum() for batch in micro_batches))
+    total_weight = float(sum(weights.sum() for weights in row_weights))
     sums: dict[str, Tensor] = {}
     tokens = 0
-    for micro, batch in enumerate(micro_batches):
+    for micro, (batch, weights) in enumerate(zip(micro_batches, row_weights)):
         # Already the global count, for the same reason.
         tokens += _count_tokens(batch)
         # This shard's mean loss stands for its share of the step's weight; DDP averages gradients
         # over ranks, hence the world size. A step whose rows all weigh 0 has nothing to learn from.
-        shard_weight = float(_rank_rows(LOSS_WEIGHT_KEY, _loss_weights(batch), env).sum())
+        shard_weight = float(_rank_rows(LOSS_WEIGHT_KEY, weights, env).sum())
         share = shard_weight / total_weight if total_weight > 0 else 0.0
         # Gradients are all-reduced once per step, on the last micro-batch's backward.
         last_micro = micro == cfg.grad_accum_steps - 1
