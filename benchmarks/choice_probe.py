@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from cli_run import run_dgr2  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.modeling.factory import load_model  # noqa: E402
-from components.prompts.render import answer_candidates, render_answer, render_messages  # noqa: E402
+from components.prompts.render import answer_candidates, render_answer, render_example  # noqa: E402
 from components.semantic_ids.build import load_catalog  # noqa: E402
 from components.traces.analyst import STEP_TITLES  # noqa: E402
 from components.traces.build import read_traces  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
             continue  # the trace states no fact about any candidate
         cut = answer.index(marker) + len(marker)
         named = answer[cut:].split()[0]
-        messages = render_messages(list(trace["history"]), candidates, catalog, cfg.prompts)
+        messages = render_example(trace, catalog, cfg.prompts)
         prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer[:cut]
         ids = tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():

@@ -36,6 +36,14 @@ class DataConfig(_Section):
     # File names inside source_uri for the amazon-json format (gzip optional).
     reviews_file: str = "reviews.json.gz"
     metadata_file: str = "meta.json.gz"
+    # The item catalogue's name, recorded on every registered version: a model trained on one
+    # catalogue never replaces a champion that serves another. Empty: the source directory's name.
+    catalog: str = ""
+
+    @property
+    def catalog_name(self) -> str:
+        """``catalog``, or the last component of ``source_uri`` (``amazon-beauty``)."""
+        return self.catalog or self.source_uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 class ValidationConfig(_Section):
@@ -74,6 +82,10 @@ class CandidatesConfig(_Section):
     # 3 gives 0.361, leaving the re-ranker less headroom).
     pre_ranker_window: int = Field(1, ge=1)
     pre_ranker_decay: float = Field(0.5, gt=0.0, le=1.0)
+    # What orders each list: "transition" (above), or "sasrec", a SASRec model (the ``sasrec``
+    # section's settings) trained per fold the same way, which makes the floor SASRec's. Negatives
+    # are drawn as before either way ("hard" ones from the transition model's top scorers).
+    pre_ranker: Literal["transition", "sasrec"] = "transition"
     # The paper's test sample size (Diffusion-GR2: 1,615 Beauty test users).
     test_sample_size: int = Field(1615, ge=1)
     seed: int = 0
@@ -98,6 +110,12 @@ class PromptConfig(_Section):
     # and beats the floor: test R@1 +0.043 [+0.027, +0.061] after 1,000 SFT steps
     # (benchmarks/results/teacher_tiny-brand-list-long.md).
     list_shared_brands: bool = False
+    # A line after the candidates that lists those that other shoppers bought together with history
+    # items (training-split counts from the feature store, components/candidates/co_purchase.py),
+    # most co-purchases first. Co-purchase is the trace teacher's strongest signal (R@1 +0.076
+    # over the floor on its own, benchmarks/results/analyst_valid.md), and like the brand list it
+    # is a number next to where the model writes. The papers' prompts carry no such line (off there).
+    list_co_purchases: bool = False
     # How the answer's ranking names the candidates: by SID (Diffusion-GR2, paper.md section 1) or
     # by their 1-based position in the prompt's candidate list (the GR2 technical report's
     # permutation of {1..K}, paper.md section 5). A model built from scratch must otherwise learn
@@ -133,7 +151,11 @@ class EvaluationConfig(_Section):
     # At most this many of those test users, a seeded subset (0: all of them). The CPU profile's
     # `make run` scores a few hundred to fit its time budget; benchmarks score the whole sample.
     max_test_examples: int = Field(0, ge=0)
-    # Validation examples scored (a seeded sample of the valid split); 0 scores none.
+    # Intermediate models (SFT before RL, the naive conversion, CFT, CFT+OPD) are scored on this
+    # seeded subset of those users when the budget needs it (0: the same users as the others).
+    quick_test_examples: int = Field(0, ge=0)
+    # The promotion gates decide on a seeded sample of this many valid examples (0: all of them),
+    # never on test: test is for the report.
     valid_examples: int = Field(1000, ge=0)
     # Block-diffusion decoding thresholds tau reported for the final model: 1.0 is one token per
     # step (the papers' quality setting), lower values the speed sweep.
@@ -287,6 +309,14 @@ class RlConfig(StageTrainingConfig):
     # Block-diffusion policies only: the decoding threshold tau of the rollouts (TraceRL and SDAR
     # sample at 0.9).
     threshold: float = Field(0.9, gt=0.0, le=1.0)
+    # Optimizer steps taken on each rollout batch (DAPO's mini-batch updates): after the first, the
+    # policy has moved, the importance ratio leaves 1 and the clip bounds the update. max_steps
+    # counts optimizer steps, so rollouts are sampled every updates_per_batch steps.
+    updates_per_batch: int = Field(2, ge=1)
+    # Dynamic sampling (DAPO): groups whose rewards are all equal carry no gradient and are
+    # dropped; up to this many sampling rounds refill the batch with fresh prompts until it holds
+    # batch_size groups with reward variance (1: drop without refilling).
+    sampling_rounds: int = Field(3, ge=1)
 
 
 class DiffusionRlConfig(RlConfig):
@@ -343,10 +373,15 @@ class TrackingConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    # Gates a challenger must pass to become champion, at evaluation.serving_threshold on the fixed
-    # test sample. Tolerances are absolute for Recall@1 / NDCG@3 and relative for throughput,
-    # which varies a few percent between runs on a shared CPU.
+    # Gates a challenger must pass to become champion (components/tracking/promotion.py), decided
+    # on evaluation.valid_examples of the valid split, at evaluation.serving_threshold for a
+    # block-diffusion model. Tolerances bound how far below the champion the paired CI's upper
+    # bound may lie (absolute for Recall@1 / NDCG@3) and how much slower it may decode (relative:
+    # throughput varies a few percent between runs on a shared CPU).
     min_valid_rate: float = Field(1.0, ge=0.0, le=1.0)
+    # A challenger must beat the pre-rank floor on valid (paired CI lower bound above zero for
+    # Recall@1 and NDCG@3): a re-ranker that returns its input order is never a champion.
+    require_beats_floor: bool = True
     recall_at_1_tolerance: float = Field(0.0, ge=0.0)
     ndcg_at_3_tolerance: float = Field(0.0, ge=0.0)
     throughput_tolerance: float = Field(0.1, ge=0.0, lt=1.0)
@@ -367,6 +402,35 @@ class ServingConfig(_Section):
     def _threshold_range(self) -> "ServingConfig":
         if self.min_threshold > self.max_threshold:
             raise ValueError(f"serving.min_threshold {self.min_threshold} exceeds serving.max_threshold {self.max_threshold}")
+        return self
+
+
+class SasrecConfig(_Section):
+    # SASRec (Kang & McAuley 2018), a standard sequential-recommender baseline for Table 1:
+    # causal self-attention over the item-id sequence with learned positional embeddings, trained
+    # on the training split with full softmax cross-entropy over all items at every position. It
+    # scores the same candidate lists as the re-rankers, so its row compares with theirs directly.
+    enabled: bool = True
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    # The most recent items a sequence keeps (the paper's n = 50 for Beauty).
+    max_len: int = Field(50, ge=2)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Passes over the training sequences, about 30 s each on 2 CPU cores on bundled Beauty: 3 fit
+    # `make run` (valid R@1 0.427 against the floor's 0.366) and are still short of converged
+    # (0.455 after 6); benchmarks/results/sasrec.md records a fully trained one.
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(3e-3, gt=0.0)
+    # Examples scored per forward pass.
+    score_batch_size: int = Field(1024, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "SasrecConfig":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"sasrec.hidden_size {self.hidden_size} must be a multiple of sasrec.heads {self.heads}")
         return self
 
 
@@ -394,6 +458,7 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
     serving: ServingConfig = ServingConfig()
+    sasrec: SasrecConfig = SasrecConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

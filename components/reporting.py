@@ -179,13 +179,16 @@ def promotion_markdown(version: dict[str, Any], decision: dict[str, Any]) -> str
     verdict = "promoted to champion" if decision["promote"] else "stays challenger (not promoted)"
     against = f"champion version {decision['champion_version']}" if decision.get("champion_version") else "no champion yet"
     lines = [f"## Promotion: `{version['name']}` version {version['version']} {verdict}", "", f"Compared with {against}:", ""]
-    return "\n".join(lines + [f"- {check}" for check in decision["checks"]])
+    lines += [f"- {check}" for check in decision["checks"]]
+    return "\n".join(lines + ([f"- decision: {decision['reason']}"] if decision.get("reason") else []))
 
 
 def _summary_markdown(summary: dict[str, Any], title: str) -> str:
     evaluations = summary["evaluations"]
     lines = [f"# {title}: dataset version `{summary['dataset_version']}`", ""]
-    first = next(iter(evaluations.values()))
+    # The floor column comes from the model scored on the most users (intermediate models may be
+    # scored on fewer, the quick scope); each model's own floor comparison is listed below the table.
+    first = max(evaluations.values(), key=lambda report: report["test"]["all"]["n"])
     # The test sample is its own slice only when more than the sample was scored.
     slices = [
         (split, part)
@@ -201,7 +204,7 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
         for name, report in evaluations.items():
             diff = report[split][part]["vs_floor"]
             lines.append(
-                f"- {name} - floor: "
+                f"- {name} - floor (n={report[split][part]['n']:,}): "
                 + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items())
             )
         lines.append("")
@@ -213,8 +216,9 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
         lines += ["## Registry", ""]
         lines += [f"- [`{name}` version {v['version']}]({v['url']}) (`{v['model_uri']}`)" for name, v in summary["registry"].items()]
         lines.append("")
-    if summary.get("promotion"):
-        lines += [promotion_markdown(summary["promotion"], summary["promotion"]), ""]
+    for key in ("teacher_promotion", "promotion"):
+        if summary.get(key):
+            lines += [promotion_markdown(summary[key], summary[key]), ""]
     if summary.get("tracking"):
         tracking = summary["tracking"]
         lines += ["## MLflow", "", f"- recipe run: {tracking['parent_run_url']}", f"- UI: `{tracking['ui']}`"]
@@ -224,7 +228,10 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
             built = f", built as Bento `{summary['package']['bento_tag']}`" if summary.get("package") else ""
             lines.append(f"- champion: `models:/{promotion['name']}@champion` (version {champion}){built}; serve it with `make serve`")
         elif promotion:
-            lines.append(f"- no champion yet: `{promotion['name']}` version {promotion['version']} stays challenger (gate checks above)")
+            lines.append(
+                f"- no champion: `{promotion['name']}` version {promotion['version']} stays challenger, "
+                f"{promotion.get('reason', 'see the gate checks above')}; `make serve` has nothing to serve until a version passes"
+            )
         lines.append("")
     lines += ["## Stages", "", "| stage | seconds | cached | facts |", "|---|---|---|---|"]
     for name, stage in summary["stages"].items():

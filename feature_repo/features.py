@@ -62,6 +62,15 @@ item_features_view = FeatureView(
         Field(name="brand", dtype=String, description="Brand; null when the metadata has none."),
         Field(name="categories", dtype=Array(String), description="Category names, root category dropped."),
         Field(
+            name="co_purchase_text",
+            dtype=String,
+            description=(
+                "Items co-bought with this one in the training split (every user's interactions but the "
+                "last two), as 'item_id:users' separated by spaces, most first; see "
+                "components/candidates/co_purchase.py."
+            ),
+        ),
+        Field(
             name="popularity",
             dtype=Int64,
             description=(

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from components.candidates.co_purchase import co_purchase_neighbors, decode_neighbors, encode_neighbors
+from components.candidates.splits import training_interactions
 from components.config import Config
 from components.data.events import event_times
 
@@ -26,6 +28,7 @@ ITEM_KEY = "item_id"
 TIME_COLUMN = "event_timestamp"
 HISTORY_COLUMN = "history_item_ids"
 HISTORY_TEXT_COLUMN = "history_item_ids_text"
+CO_PURCHASE_COLUMN = "co_purchase_text"
 SERVICE_NAME = "reranker_v1"
 
 
@@ -78,6 +81,8 @@ def build_feature_tables(
     missing = item_features.loc[item_features["sid"].isna(), ITEM_KEY]
     if len(missing):
         raise ValueError(f"{len(missing)} item(s) have no SID, e.g. {', '.join(missing.head(5))}")
+    neighbors = co_purchase_neighbors(training_interactions(interactions))
+    item_features[CO_PURCHASE_COLUMN] = [encode_neighbors(neighbors.get(i, {})) for i in item_features[ITEM_KEY]]
     counts = interactions[ITEM_KEY].value_counts()
     item_features["popularity"] = item_features[ITEM_KEY].map(counts).fillna(0).astype("int64")
     item_features["categories"] = item_features["categories"].map(list)
@@ -221,6 +226,30 @@ def historical_histories(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Dat
     joined = keys.merge(found[[USER_KEY, TIME_COLUMN, HISTORY_COLUMN]], on=[USER_KEY, TIME_COLUMN], how="left")
     histories = [list(ids) if isinstance(ids, (list, np.ndarray)) else [] for ids in joined[HISTORY_COLUMN]]
     return entity_df.assign(**{HISTORY_COLUMN: histories})
+
+
+def historical_co_purchases(store: FeatureStore, item_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Each item's training-split co-purchases from the offline store (``co_purchase_text`` decoded).
+
+    Item rows are stamped at the epoch and describe the catalogue, so any query time sees the same
+    row; the join asks as of now.
+
+    Args:
+        store: a store with definitions applied.
+        item_ids: the items to read; an item the store lacks has no co-purchases.
+
+    Returns:
+        item id -> co-bought item id -> users who bought both.
+    """
+    from feature_repo.features import item_features_view
+
+    unique = sorted(set(item_ids))
+    entity_df = pd.DataFrame({ITEM_KEY: unique, TIME_COLUMN: pd.Timestamp.now(tz="UTC")})
+    found = store.get_historical_features(
+        entity_df=entity_df, features=[f"{item_features_view.name}:{CO_PURCHASE_COLUMN}"]
+    ).to_df()
+    texts = dict(zip(found[ITEM_KEY], found[CO_PURCHASE_COLUMN]))
+    return {item: decode_neighbors(texts.get(item)) for item in unique}
 
 
 def _service_refs(store: FeatureStore) -> dict[str, list[str]]:

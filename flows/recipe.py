@@ -23,12 +23,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from components import storage
+from components.baselines.stage import SASREC_STAGE
 from components.config import Config, load_config
 from components.evaluation.speed import SPEED_STAGE, compare_speed
 from components.evaluation.stage import EVALUATION_STAGE
 from components.modeling.build import BASE_MODEL_STAGE
 from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
-from components.tracking.promotion import CHAMPION, GateMetrics, promote
+from components.tracking.promotion import CHAMPION, GateMetrics, promote, reason
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
 from components.traces.build import TRACES_STAGE
@@ -126,6 +127,7 @@ STAGE_SPECS = {
     "opd": OPD_STAGE,
     "diffusion_rl": DIFFUSION_RL_STAGE,
     "speed": SPEED_STAGE,
+    "sasrec": SASREC_STAGE,
 }
 DATA_SECTIONS = ("data", "validation", "semantic_ids", "candidates", "prompts", "features")
 
@@ -139,18 +141,23 @@ def register_task(cfg: dict[str, Any], name: str, model_uri: str, run_id: str, s
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
-def promote_task(cfg: dict[str, Any], version: dict[str, Any], challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
+def promote_task(
+    cfg: dict[str, Any], version: dict[str, Any], challenger: dict[str, Any], champion: dict[str, Any] | None, champion_catalog: str = ""
+) -> dict[str, Any]:
     """Challenger alias, gate decision on the version's tags, then the champion alias if it passed."""
+    config = Config.model_validate(cfg)
     decision = promote(
-        Config.model_validate(cfg),
+        config,
         ModelVersion(**{key: version[key] for key in ("name", "version", "model_uri", "run_id")}),
-        GateMetrics.from_evaluation(challenger),
-        GateMetrics.from_evaluation(champion) if champion is not None else None,
+        GateMetrics.from_evaluation(challenger, config.data.catalog_name),
+        GateMetrics.from_evaluation(champion, champion_catalog) if champion is not None else None,
     )
     create_markdown_artifact(
-        markdown=promotion_markdown(version, decision.to_dict()), key="promotion", description="Champion / challenger decision"
+        markdown=promotion_markdown(version, decision.to_dict()),
+        key=f"promotion-{version['name']}",
+        description="Champion / challenger decision",
     )
-    return decision.to_dict()
+    return decision.to_dict() | {"reason": reason(decision)}
 
 
 @task(name="package", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=io_error)
@@ -204,8 +211,26 @@ def _register_and_promote(
     teacher_run, teacher_stage = lineage.model_runs[teacher_uri]
     teacher = register_task(cfg, tracking.teacher_model_name, teacher_uri, teacher_run, teacher_stage, summary["dataset_version"], base)
     result: dict[str, Any] = {"registry": {tracking.teacher_model_name: teacher}}
+    stages: dict[str, dict[str, Any]] = {}
+
+    def gate(label: str, version: dict[str, Any], model_uri: str, tau: str) -> dict[str, Any]:
+        """Score the version and the current champion of its name on the gate's valid sample, then promote."""
+        name = f"gate {label}" + (f" (tau={tau})" if tau else "")
+        stages[name] = run(name, "evaluate", model_uri, *data, tau, "gate")
+        champion_report, champion_catalog = None, ""
+        current = version_by_alias(config, version["name"], CHAMPION)
+        if current is not None and str(current.version) != version["version"]:
+            label = f"gate champion {version['name']} v{current.version}" + (f" (tau={tau})" if tau else "")
+            stages[label] = run(label, "evaluate", version_checkpoint(config, current), *data, tau, "gate")
+            champion_report, champion_catalog = stages[label]["metrics"], current.tags.get("catalog", "")
+        decision = promote_task(cfg, version, stages[name]["metrics"], champion_report, champion_catalog)
+        return decision | {"name": version["name"], "version": version["version"]}
+
+    # The teacher goes through the same gates (AR decoding), so a copy-the-input teacher is no champion either.
+    result["teacher_promotion"] = gate("AR teacher", teacher, teacher_uri, "")
     final = summary["final"]
     if final == "naive conversion":
+        summary["stages"] |= summarize_stages(stages)["stages"]
         return result
     student_uri = summary["models"][final]
     student_run, student_stage = lineage.model_runs[student_uri]
@@ -214,21 +239,8 @@ def _register_and_promote(
         f"{teacher['name']}/{teacher['version']}",
     )
     result["registry"][tracking.student_model_name] = student
-    tau = str(config.evaluation.serving_threshold)
-    stages: dict[str, dict[str, Any]] = {}
-
-    def evaluate(name: str, model_uri: str) -> dict[str, Any]:
-        stages[name] = run(name, "evaluate", model_uri, *data, tau)
-        return stages[name]["metrics"]
-
-    # The sweep holds the serving tau unless evaluation.thresholds leaves it out.
-    challenger = summary["sweep"].get(tau) or evaluate(f"evaluate {final} (tau={tau})", student_uri)
-    champion_report = None
-    current = version_by_alias(config, tracking.student_model_name, CHAMPION)
-    if current is not None and str(current.version) != student["version"]:
-        champion_report = evaluate(f"evaluate champion v{current.version} (tau={tau})", version_checkpoint(config, current))
+    result["promotion"] = gate(final, student, student_uri, str(config.evaluation.serving_threshold))
     summary["stages"] |= summarize_stages(stages)["stages"]
-    result["promotion"] = promote_task(cfg, student, challenger, champion_report) | {"name": student["name"], "version": student["version"]}
     # A promoted model is always a built Bento; a rejected one leaves the serving Bento as it was.
     if result["promotion"]["promote"]:
         result["package"] = package_task(cfg, feature_store_dir)

@@ -48,7 +48,8 @@ def metric_drift(recorded: dict[str, float], now: dict[str, float]) -> dict[str,
 
 @flow(name="evaluate-champion", log_prints=True)
 def evaluate_champion_flow(config: str = "configs/tiny.yaml", overrides: list[str] | None = None, source_uri: str = "") -> dict[str, Any]:
-    """Re-score the champion at the serving tau on the newest data; record the drift of its metrics."""
+    """Re-score the champion at the serving tau on the newest data's gate sample (valid); record the
+    drift of its gate metrics."""
     cfg = _with_source(resolve_config(None, config, overrides), source_uri)
     settings = Config.model_validate(cfg)
     name = settings.tracking.student_model_name
@@ -58,8 +59,10 @@ def evaluate_champion_flow(config: str = "configs/tiny.yaml", overrides: list[st
     data = data_flow(cfg)
     outputs = data["outputs"]
     tau = str(settings.evaluation.serving_threshold)
-    report = evaluate_task(cfg, version_checkpoint(settings, champion), outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], tau)
-    now = GateMetrics.from_evaluation(report["metrics"]).__dict__
+    report = evaluate_task(
+        cfg, version_checkpoint(settings, champion), outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], tau, "gate"
+    )
+    now = GateMetrics.from_evaluation(report["metrics"]).scalars()
     recorded = json.loads(champion.tags.get("promotion.metrics", "{}")).get("challenger") or {}
     drift = metric_drift(recorded, now)
     result = {"name": name, "version": str(champion.version), "dataset_version": data["dataset_version"], "metrics": now, "drift": drift}

@@ -4,6 +4,7 @@ The AR teacher (GR2) is the accuracy reference the block-diffusion student must 
 is a task around one component function, cached on its content-addressed output like the data
 flow's, so re-running an unchanged recipe trains nothing and a changed stage re-runs with
 everything after it. The SFT and RL models are both evaluated, so the summary shows what RL adds.
+SASRec, a sequential-recommender baseline, is trained and scored on the same examples first.
 
 Run it with ``dgr2 train-teacher`` or ``python -m flows.teacher``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from components.baselines.stage import SASREC_STAGE, run_sasrec, sasrec_inputs
 from components.config import Config
 from components.evaluation.stage import EVALUATION_STAGE, evaluate_model, evaluation_inputs
 from components.modeling.build import BASE_MODEL_STAGE, base_model_inputs, build_base_model
@@ -75,14 +77,21 @@ def rl_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str,
     name="evaluate",
     cache_key_fn=output_cache_key(
         EVALUATION_STAGE,
-        lambda p: evaluation_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"], p.get("threshold", "")),
+        lambda p: evaluation_inputs(
+            p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"], p.get("threshold", ""), p.get("scope", "")
+        ),
     ),
     persist_result=True,
 )
 def evaluate_task(
-    cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = ""
+    cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = "", scope: str = ""
 ) -> dict[str, Any]:
-    return evaluate_model(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri, threshold).to_dict()
+    return evaluate_model(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri, threshold, scope).to_dict()
+
+
+@task(name="sasrec", cache_key_fn=output_cache_key(SASREC_STAGE, lambda p: sasrec_inputs(p["dataset_uri"], p["examples_uri"])), persist_result=True)
+def sasrec_task(cfg: dict[str, Any], dataset_uri: str, examples_uri: str) -> dict[str, Any]:
+    return run_sasrec(Config.model_validate(cfg), dataset_uri, examples_uri).to_dict()
 
 
 TEACHER_TASKS = {
@@ -92,6 +101,7 @@ TEACHER_TASKS = {
     "sft": sft_task,
     "rl": rl_task,
     "evaluate": evaluate_task,
+    "sasrec": sasrec_task,
 }
 
 

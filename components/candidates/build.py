@@ -4,7 +4,8 @@ Each list is the target plus N-1 negatives, ordered by the pre-ranker's score, s
 at the rank its own score gives it (never at a fixed slot). How negatives are drawn decides how hard
 the task is (DESIGN.md, "Candidate lists"): ``uniform`` (items the user never interacted with, the
 papers' regime) is the default; ``popularity`` and ``hard`` (the pre-ranker's own top scorers) are
-selectable and report their own floors.
+selectable and report their own floors. The pre-ranker is a first-order transition model, or
+SASRec (``candidates.pre_ranker: sasrec``), both fitted on the other user folds.
 """
 
 from __future__ import annotations
@@ -18,16 +19,29 @@ import pandas as pd
 from tqdm import tqdm
 
 from components import storage
-from components.candidates.prerank import TransitionPreRanker, user_folds
+from components.baselines.sasrec import SASREC_TRAINING_FIELDS, score_candidates, train_sasrec
+from components.candidates.prerank import TransitionPreRanker, user_folds, user_sequences
 from components.candidates.splits import leave_one_out_targets
-from components.config import CandidatesConfig, Config
+from components.config import CandidatesConfig, Config, SasrecConfig
 from components.data.ingest import load_dataset
 from components.evaluation.metrics import floor_metrics
 from components.stage import StageResult, StageSpec
 
+
+class _CandidatesSpec(StageSpec):
+    """With ``candidates.pre_ranker: sasrec`` SASRec's settings and code name the lists too, and only
+    then: the default lists keep their name whatever the SASRec baseline's settings are."""
+
+    def output_uri(self, cfg: Config, inputs: dict[str, str]) -> str:
+        if cfg.candidates.pre_ranker != "sasrec":
+            return super().output_uri(cfg, inputs)
+        with_sasrec = StageSpec(self.name, self.config_sections + SASREC_TRAINING_FIELDS, self.code + ("components/baselines/sasrec",))
+        return with_sasrec.output_uri(cfg, inputs)
+
+
 # Only the floors' bootstrap settings come from the evaluation section: how many users a run scores
 # must not invalidate the data, and everything trained on it.
-CANDIDATES_STAGE = StageSpec(
+CANDIDATES_STAGE = _CandidatesSpec(
     "candidates",
     ("candidates", "evaluation.bootstrap_samples", "evaluation.confidence", "evaluation.seed"),
     ("components/candidates", "components/evaluation", "components/data/ingest", "components/data/events"),
@@ -89,14 +103,32 @@ def _draw_negatives(
     return negatives
 
 
-def build_candidate_lists(interactions: pd.DataFrame, item_ids: np.ndarray, cfg: CandidatesConfig) -> pd.DataFrame:
-    """Targets with their candidate lists in pre-rank order, the target's pre-rank and the test sample flag."""
+def _sasrec_scores(
+    fitted_on: list[np.ndarray],
+    sequences: dict[str, np.ndarray],
+    targets: pd.DataFrame,
+    pool: np.ndarray,
+    n_items: int,
+    cfg: SasrecConfig,
+    fold: int,
+) -> np.ndarray:
+    """(n, N) scores of each example's pool by SASRec trained on ``fitted_on`` (the other folds'
+    users), after everything the user had before the target."""
+    model, _ = train_sasrec(fitted_on, n_items, cfg, desc=f"SASRec pre-ranker, fold {fold}")
+    histories = [sequences[user][:position] for user, position in zip(targets["user_id"], targets["target_position"])]
+    return score_candidates(model, histories, pool, cfg.score_batch_size)
+
+
+def build_candidate_lists(
+    interactions: pd.DataFrame, item_ids: np.ndarray, cfg: CandidatesConfig, sasrec: SasrecConfig | None = None
+) -> pd.DataFrame:
+    """Targets with their candidate lists in pre-rank order, the target's pre-rank and the test sample flag.
+
+    ``sasrec`` holds the settings of the SASRec pre-ranker (``cfg.pre_ranker: sasrec``; defaults if None).
+    """
     index_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    ordered = interactions.sort_values(["user_id", "position"], kind="stable")
-    codes = index_of.loc[ordered["item_id"]].to_numpy()
-    bounds = np.cumsum(ordered.groupby("user_id", sort=True).size().to_numpy())[:-1]
-    users = np.sort(ordered["user_id"].unique())
-    sequences = dict(zip(users, np.split(codes, bounds)))
+    sequences = user_sequences(interactions, item_ids)
+    users = np.array(list(sequences), dtype=object)
 
     targets = leave_one_out_targets(interactions, cfg.train_examples_per_user)
     user_fold = dict(zip(users, user_folds(pd.Series(users), cfg.pre_ranker_folds, cfg.seed)))
@@ -105,7 +137,8 @@ def build_candidate_lists(interactions: pd.DataFrame, item_ids: np.ndarray, cfg:
     candidates = np.empty((len(targets), cfg.num_candidates), dtype=np.int64)
     pre_rank = np.empty(len(targets), dtype=np.int64)
     for fold in tqdm(range(cfg.pre_ranker_folds), desc="pre-ranker folds", leave=False):
-        ranker = TransitionPreRanker.fit([s for u, s in sequences.items() if user_fold[u] != fold], len(item_ids))
+        fitted_on = [s for u, s in sequences.items() if user_fold[u] != fold]
+        ranker = TransitionPreRanker.fit(fitted_on, len(item_ids))
         rows = np.flatnonzero(folds == fold)
         fold_targets = targets.iloc[rows]
         target_codes = index_of.loc[fold_targets["target"]].to_numpy()
@@ -113,9 +146,13 @@ def build_candidate_lists(interactions: pd.DataFrame, item_ids: np.ndarray, cfg:
         seen = [set(sequences[user].tolist()) for user in fold_targets["user_id"]]
         negatives = _draw_negatives(ranker, target_codes, recent, seen, cfg, rng)
         pool = np.concatenate([target_codes[:, None], negatives], axis=1)  # (n, N), target in column 0
+        if cfg.pre_ranker == "sasrec":
+            scores = _sasrec_scores(fitted_on, sequences, fold_targets, pool, len(item_ids), sasrec or SasrecConfig(), fold)
+        else:
+            scores = ranker.score(recent, pool, cfg.pre_ranker_decay)
         # A tiny seeded jitter breaks score ties at random instead of by column (which would
         # always favour the target).
-        scores = ranker.score(recent, pool, cfg.pre_ranker_decay) + rng.random(pool.shape) * 1e-9
+        scores = scores + rng.random(pool.shape) * 1e-9
         order = np.argsort(-scores, axis=1, kind="stable")
         candidates[rows] = np.take_along_axis(pool, order, axis=1)
         pre_rank[rows] = np.argmax(order == 0, axis=1) + 1
@@ -158,7 +195,7 @@ def build_candidates(cfg: Config, dataset_uri: str) -> StageResult:
 
     dataset = load_dataset(dataset_uri, cfg.storage.work_dir)
     item_ids = np.sort(dataset.items["item_id"].to_numpy().astype(str))
-    lists = build_candidate_lists(dataset.interactions, item_ids, cfg.candidates)
+    lists = build_candidate_lists(dataset.interactions, item_ids, cfg.candidates, cfg.sasrec)
     floors = floor_table(lists, cfg)
     train_r1 = floors["train"]["recall_at_1"]["mean"] if "train" in floors else None
     valid_r1 = floors["valid"]["recall_at_1"]["mean"]

@@ -4,6 +4,10 @@ Histories come from the Feast offline store (``get_historical_features``, as of 
 the target's event time), so training examples see exactly what serving would have seen at that
 moment. They are cross-checked against the histories read straight off the interaction sequence:
 any difference means the point-in-time join leaked or lost items, and the stage fails.
+
+Each example also carries its candidates' co-purchases with its history (training-split counts,
+``components.candidates.co_purchase``), read from the same store's item features, which the
+service reads online; a prompt shows them when ``prompts.list_co_purchases`` is set.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import pandas as pd
 
 from components import storage
 from components.candidates.build import read_candidate_lists
+from components.candidates.co_purchase import candidate_co_purchases, co_purchase_neighbors
 from components.candidates.schema import EXAMPLE_COLUMNS
+from components.candidates.splits import training_interactions
 from components.config import Config
 from components.data.events import event_seconds
 from components.data.ingest import load_dataset
-from components.prompts.render import ItemCatalog, render_messages
+from components.prompts.render import ItemCatalog, render_example
 from components.semantic_ids.build import read_sids
 from components.stage import StageResult, StageSpec
 
@@ -65,6 +71,21 @@ def feature_store_histories(cfg: Config, feature_store_dir: str, lists: pd.DataF
     )
     fetched = historical_histories(store, entity_df)
     return [list(h)[-cfg.candidates.history_max :] for h in fetched["history_item_ids"]]
+
+
+def feature_store_co_purchases(cfg: Config, feature_store_dir: str, item_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Every item's training-split co-purchases, from the Feast offline store."""
+    from feature_repo.store import historical_co_purchases, open_store
+
+    return historical_co_purchases(open_store(cfg, Path(feature_store_dir)), item_ids)
+
+
+def example_co_purchases(lists: pd.DataFrame, histories: list[list[str]], neighbors: dict[str, dict[str, int]]) -> list[list[int]]:
+    """Per example, each candidate's co-purchases with its history (a train target's own share left out)."""
+    return [
+        candidate_co_purchases(history, list(candidates), neighbors, own_target=target if split == "train" else None)
+        for history, candidates, target, split in zip(histories, lists["candidates"], lists["target"], lists["split"])
+    ]
 
 
 def read_examples(examples_uri: str, work_dir: str | Path) -> pd.DataFrame:
@@ -113,11 +134,16 @@ def build_examples(
                 f"feature store {fetched[row]} vs log {histories[row]}"
             )
         histories = fetched
-    examples = lists.assign(history=histories, history_event_seconds=history_times)[EXAMPLE_COLUMNS]
+        neighbors = feature_store_co_purchases(cfg, feature_store_dir, dataset.items["item_id"].astype(str).tolist())
+    else:
+        neighbors = co_purchase_neighbors(training_interactions(dataset.interactions))
+    examples = lists.assign(
+        history=histories, history_event_seconds=history_times, co_purchases=example_co_purchases(lists, histories, neighbors)
+    )[EXAMPLE_COLUMNS]
 
     catalog = ItemCatalog.from_frames(dataset.items, read_sids(sid_uri, cfg.storage.work_dir))
     first_test = examples[examples["split"] == "test"].iloc[0]
-    preview = render_messages(list(first_test["history"]), list(first_test["candidates"]), catalog, cfg.prompts)
+    preview = render_example(first_test, catalog, cfg.prompts)
     lengths = examples["history"].map(len)
     metrics = {
         "examples": int(len(examples)),

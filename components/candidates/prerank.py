@@ -63,6 +63,16 @@ class TransitionPreRanker:
         return self.pair_keys[lo:hi] % self.n_items, self.pair_probs[lo:hi]
 
 
+def user_sequences(interactions: pd.DataFrame, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Each user's items as indices into the sorted ``item_ids``, oldest first, users in sorted order
+    (what a pre-ranker or a sequence model is fitted on)."""
+    index_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    ordered = interactions.sort_values(["user_id", "position"], kind="stable")
+    codes = index_of.loc[ordered["item_id"]].to_numpy()
+    bounds = np.cumsum(ordered.groupby("user_id", sort=True).size().to_numpy())[:-1]
+    return dict(zip(np.sort(ordered["user_id"].unique()), np.split(codes, bounds)))
+
+
 def user_folds(user_ids: pd.Series, folds: int, seed: int) -> np.ndarray:
     """A fixed fold per user: a seeded permutation of users dealt round-robin."""
     unique = np.sort(user_ids.unique())

@@ -11,6 +11,8 @@
 | history_event_seconds| list[int]       | their event times; every one is < event_seconds                |
 | candidates           | list[str]       | N distinct item ids in pre-rank order (best first)             |
 | target_pre_rank      | int             | 1-based rank of the target in ``candidates``                   |
+| co_purchases         | list[int]       | per candidate: other users who bought it with a history item,  |
+|                      |                 | summed over distinct history items (training split only)      |
 | in_test_sample       | bool            | test example of a user in the fixed, seeded test sample        |
 """
 
@@ -24,6 +26,7 @@ EXAMPLE_COLUMNS = [
     "history_event_seconds",
     "candidates",
     "target_pre_rank",
+    "co_purchases",
     "in_test_sample",
 ]
 SPLITS = ("train", "valid", "test")

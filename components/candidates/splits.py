@@ -1,4 +1,5 @@
-"""Leave-one-out targets: test = each user's last item, valid = second last, train = earlier ones."""
+"""Leave-one-out targets: test = each user's last item, valid = second last, train = earlier ones;
+and the training split those targets leave behind."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ def leave_one_out_targets(interactions: pd.DataFrame, train_examples_per_user: i
         .sort_values(["user_id", "target_position"], kind="stable")
         .reset_index(drop=True)
     )
+
+
+def training_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
+    """The training part of a leave-one-out split: every user's interactions but the last two.
+
+    Args:
+        interactions: user_id, item_id, position (0-based, contiguous per user).
+
+    Returns:
+        The rows whose item is neither the user's valid (second last) nor test (last) target, the
+        same rule as ``leave_one_out_targets``. Statistics that prompts, traces or baselines learn
+        from are computed on these rows only, so no valid or test target leaks into them.
+    """
+    length = interactions.groupby("user_id")["position"].transform("size")
+    return interactions[length - 1 - interactions["position"] >= 2]

@@ -6,6 +6,7 @@ AR teacher and its block-diffusion student, so it is passed in.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 
 from components.config import EvaluationConfig, PromptConfig
 from components.evaluation.metrics import answer_metrics, answer_ranks, floor_metrics, paired_difference_ci
-from components.prompts.render import ItemCatalog, render_messages
+from components.prompts.render import ItemCatalog, render_example
 
 # What the comparison with the floor reports (DESIGN: Recall@1 and NDCG@3 are the headline metrics).
 FLOOR_COMPARISON_METRICS = ("recall_at_1", "ndcg_at_3")
@@ -24,22 +25,41 @@ Decoder = Callable[[list[str]], Any]  # prompts -> a Generation (texts, output_t
 def render_prompts(tokenizer: Any, examples: pd.DataFrame, catalog: ItemCatalog, cfg: PromptConfig) -> list[str]:
     """Chat-templated prompts, generation prompt included, one per example."""
     return [
-        tokenizer.apply_chat_template(
-            render_messages(list(history), list(candidates), catalog, cfg), tokenize=False, add_generation_prompt=True
-        )
-        for history, candidates in zip(examples["history"], examples["candidates"])
+        tokenizer.apply_chat_template(render_example(example, catalog, cfg), tokenize=False, add_generation_prompt=True)
+        for example in examples.to_dict("records")
     ]
 
 
-def _scored_slice(
-    ranks: np.ndarray, parsed: list, pre_ranks: np.ndarray, copied: np.ndarray, cfg: EvaluationConfig
-) -> dict[str, Any]:
-    result = answer_metrics(ranks, parsed, cfg)
-    # GR2's reward-hacking symptom: a valid answer that hands back the pre-rank order unchanged.
-    result["copied_pre_rank_rate"] = float(copied.mean())
-    result["floor"] = floor_metrics(pre_ranks, cfg)
-    result["vs_floor"] = {m: paired_difference_ci(ranks, pre_ranks, m, cfg) for m in FLOOR_COMPARISON_METRICS}
-    return result
+def floor_comparison(ranks: np.ndarray, pre_ranks: np.ndarray, copied: np.ndarray, cfg: EvaluationConfig) -> dict[str, Any]:
+    """What every scored slice reports next to its metrics, whatever ranked it (a decoded answer
+    or a baseline's scores): ``copied_pre_rank_rate``, ``floor`` (the pre-rank order's metrics on
+    the same examples), ``vs_floor`` (paired bootstrap CIs of ranker - floor) and ``target_ranks``
+    (per example, for paired comparisons with another ranker, such as the promotion gates')."""
+    return {
+        # GR2's reward-hacking symptom: a valid answer that hands back the pre-rank order unchanged.
+        "copied_pre_rank_rate": float(copied.mean()),
+        "floor": floor_metrics(pre_ranks, cfg),
+        "vs_floor": {m: paired_difference_ci(ranks, pre_ranks, m, cfg) for m in FLOOR_COMPARISON_METRICS},
+        "target_ranks": [int(r) for r in ranks],
+    }
+
+
+def sample_slices(examples: pd.DataFrame, score: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+    """``{"all": score(every row), "test_sample": score(the fixed test sample's rows)}``, the second
+    only when the examples hold sample rows, so every report compares with the papers' sample.
+    Each slice names its examples by ``examples_digest``: two reports with the same digest scored
+    the same examples in the same order, so their ``target_ranks`` pair up."""
+    slices = {"all": np.arange(len(examples))}
+    in_sample = examples["in_test_sample"].to_numpy(dtype=bool)
+    if in_sample.any():
+        slices["test_sample"] = np.flatnonzero(in_sample)
+    return {name: score(rows) | {"examples_digest": examples_digest(examples.iloc[rows])} for name, rows in slices.items()}
+
+
+def examples_digest(examples: pd.DataFrame) -> str:
+    """A short hash of which examples (user and target position) are scored, in order."""
+    keys = "\n".join(f"{u}\t{p}" for u, p in zip(examples["user_id"], examples["target_position"]))
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
 def evaluate_decoder(
@@ -71,11 +91,11 @@ def evaluate_decoder(
     copied = np.array(
         [p.valid and list(p.ranking) == catalog.sids(list(c)) for p, c in zip(parsed, examples["candidates"])], dtype=bool
     )
-    result: dict[str, Any] = {"all": _scored_slice(ranks, parsed, pre_ranks, copied, cfg)}
-    in_sample = examples["in_test_sample"].to_numpy(dtype=bool)
-    if in_sample.any():
-        rows = np.flatnonzero(in_sample)
-        result["test_sample"] = _scored_slice(ranks[rows], [parsed[i] for i in rows], pre_ranks[rows], copied[rows], cfg)
+    result = sample_slices(
+        examples,
+        lambda rows: answer_metrics(ranks[rows], [parsed[i] for i in rows], cfg)
+        | floor_comparison(ranks[rows], pre_ranks[rows], copied[rows], cfg),
+    )
     result["decode"] = {
         "examples": len(prompts),
         "output_tokens": int(generation.output_tokens),

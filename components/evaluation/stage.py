@@ -1,4 +1,4 @@
-"""The evaluation stage: a model directory -> its metrics on the valid sample and the test users.
+"""The evaluation stage: a model directory -> its metrics on the test users or the gate's valid sample.
 
 Greedy decoding, as the papers report: AR decoding for the teacher, parallel block decoding at a
 threshold tau for a converted model. The test slice covers every test user (or only the fixed
@@ -30,9 +30,16 @@ EVALUATION_STAGE = StageSpec(
 )
 
 
-def evaluation_inputs(model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = "") -> dict[str, str]:
+# What an evaluation scores: "" the report's test users (Table 1 and 2), "quick" fewer of them (an
+# intermediate stage, when the budget needs it), "gate" the valid split the promotion gates decide on.
+SCOPES = ("", "quick", "gate")
+
+
+def evaluation_inputs(
+    model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = "", scope: str = ""
+) -> dict[str, str]:
     inputs = {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
-    return inputs | ({"threshold": threshold} if threshold else {})
+    return inputs | ({"threshold": threshold} if threshold else {}) | ({"scope": scope} if scope else {})
 
 
 def is_block_diffusion(model: Any) -> bool:
@@ -52,19 +59,21 @@ def model_decoder(model: Any, tokenizer: Any, cfg: Config, threshold: float | No
     return partial(generate, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=batch_size)
 
 
-def evaluation_examples(examples: pd.DataFrame, cfg: Config) -> dict[str, pd.DataFrame]:
-    """The examples each split is scored on: a seeded valid sample and the configured test users."""
+def evaluation_examples(examples: pd.DataFrame, cfg: Config, scope: str = "") -> dict[str, pd.DataFrame]:
+    """The examples a scope scores: the configured test users ("" and, fewer of them, "quick"), or
+    a seeded sample of the valid split ("gate"); see ``SCOPES``."""
     ecfg = cfg.evaluation
+    if scope not in SCOPES:
+        raise ValueError(f"evaluation scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "gate":
+        return {"valid": split_examples(examples, "valid", ecfg.valid_examples, ecfg.seed)}
     test = examples[examples["in_test_sample"]] if ecfg.test_users == "sample" else examples
-    test = split_examples(test, "test", ecfg.max_test_examples, ecfg.seed)
-    splits = {"test": test}
-    if ecfg.valid_examples:
-        splits["valid"] = split_examples(examples, "valid", ecfg.valid_examples, ecfg.seed)
-    return splits
+    limit = ecfg.quick_test_examples if scope == "quick" and ecfg.quick_test_examples else ecfg.max_test_examples
+    return {"test": split_examples(test, "test", limit, ecfg.seed)}
 
 
 def evaluate_model(
-    cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = ""
+    cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str, threshold: str = "", scope: str = ""
 ) -> StageResult:
     """Decode every evaluation prompt greedily and score the answers against the floor.
 
@@ -74,12 +83,13 @@ def evaluate_model(
         dataset_uri, sid_uri, examples_uri: the data flow's outputs.
         threshold: tau for a block-diffusion model, as text (stage inputs are strings); empty
             means the serving tau. Must be empty for an AR model.
+        scope: which examples (``SCOPES``): the test users, fewer of them, or the gate's valid sample.
 
     Returns:
-        ``outputs``: ``evaluation_uri``; ``metrics``: ``{"test": {...}, "valid": {...}}``, each as
-        :func:`components.evaluation.runner.evaluate_decoder` returns it.
+        ``outputs``: ``evaluation_uri``; ``metrics``: ``{"test": {...}}`` (or ``{"valid": {...}}``
+        for the gate scope) as :func:`components.evaluation.runner.evaluate_decoder` returns it.
     """
-    uri = EVALUATION_STAGE.output_uri(cfg, evaluation_inputs(model_uri, dataset_uri, sid_uri, examples_uri, threshold))
+    uri = EVALUATION_STAGE.output_uri(cfg, evaluation_inputs(model_uri, dataset_uri, sid_uri, examples_uri, threshold, scope))
     if (cached := cached_result(uri, "evaluation_uri", cfg.storage.work_dir)) is not None:
         return cached
     work_dir = cfg.storage.work_dir
@@ -88,7 +98,7 @@ def evaluate_model(
     catalog = load_catalog(dataset_uri, sid_uri, work_dir)
     decode = model_decoder(model, tokenizer, cfg, float(threshold) if threshold else None)
     report: dict[str, Any] = {}
-    for split, examples in evaluation_examples(read_examples(examples_uri, work_dir), cfg).items():
+    for split, examples in evaluation_examples(read_examples(examples_uri, work_dir), cfg, scope).items():
         prompts = render_prompts(tokenizer, examples, catalog, cfg.prompts)
         report[split] = evaluate_decoder(decode, prompts, examples, catalog, cfg.evaluation)
     with publishing(uri, work_dir, report):

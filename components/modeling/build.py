@@ -16,7 +16,7 @@ from components.candidates.examples import read_examples
 from components.config import Config
 from components.modeling.factory import build_model, count_parameters, load_pretrained, save_model
 from components.modeling.tokenizer import build_tokenizer
-from components.prompts.render import ItemCatalog, answer_candidates, render_answer, render_messages
+from components.prompts.render import ItemCatalog, answer_candidates, render_answer, render_example
 from components.semantic_ids.build import load_catalog, read_sids
 from components.semantic_ids.format import all_sid_tokens
 from components.stage import StageResult, StageSpec, cached_result, publishing
@@ -45,8 +45,8 @@ def tokenizer_corpus(catalog: ItemCatalog, examples: pd.DataFrame, traces: pd.Da
     for pair in next_item_examples([few], catalog, cfg.candidates.history_max) + candidate_recall_examples([few], catalog):
         yield pair.prompt + pair.target
     sample = examples.sample(n=min(_TOKENIZER_PROMPTS, len(examples)), random_state=cfg.seed)
-    for history, candidates in zip(sample["history"], sample["candidates"]):
-        for message in render_messages(list(history), list(candidates), catalog, cfg.prompts):
+    for example in sample.to_dict("records"):
+        for message in render_example(example, catalog, cfg.prompts):
             yield message["content"]
     for reasoning, ranking, candidates in zip(traces["reasoning"], traces["ranking"], traces["candidates"]):
         yield render_answer(reasoning, catalog.sids(list(ranking)), answer_candidates(catalog.sids(list(candidates)), cfg.prompts))

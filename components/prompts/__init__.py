@@ -19,6 +19,7 @@ from components.prompts.render import (
     ItemCatalog,
     answer_candidates,
     render_answer,
+    render_example,
     render_messages,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "parse_answer",
     "ranking_or_fallback",
     "render_answer",
+    "render_example",
     "render_messages",
 ]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -171,8 +172,24 @@ def _shared_brand_line(history_brands: Counter[str], candidates: Sequence[str], 
     return f"Candidates by a brand in the history (history items with it): {listed}"
 
 
+def _co_purchase_line(co_purchases: Sequence[int], candidates: Sequence[str], items: ItemCatalog, answer_ids: str) -> str:
+    """The candidates other shoppers bought with history items, most such purchases first, then in pre-rank order."""
+    if len(co_purchases) != len(candidates):
+        raise ValueError(f"{len(co_purchases)} co-purchase counts for {len(candidates)} candidates")
+    listed = [
+        (-count, position, f"{position if answer_ids == 'index' else items.sid(item_id)} ({count})")
+        for position, (item_id, count) in enumerate(zip(candidates, co_purchases), start=1)
+        if count > 0
+    ]
+    return f"Candidates co-bought with history items (other shoppers): {', '.join(e for *_, e in sorted(listed)) or 'none'}"
+
+
 def render_messages(
-    history: Sequence[str], candidates: Sequence[str], items: ItemCatalog, cfg: PromptConfig
+    history: Sequence[str],
+    candidates: Sequence[str],
+    items: ItemCatalog,
+    cfg: PromptConfig,
+    co_purchases: Sequence[int] | None = None,
 ) -> list[dict[str, str]]:
     """The chat prompt for one re-ranking example.
 
@@ -181,14 +198,22 @@ def render_messages(
         candidates: the candidate item ids in pre-rank order (best first).
         items: the catalog that gives every item its SID, category and title.
         cfg: whether brands (marked, or listed after the candidates, when the history shares
-            them) and titles are shown, and how the answer names candidates (``index`` numbers the
-            candidate lines from 1).
+            them), co-purchases and titles are shown, and how the answer names candidates
+            (``index`` numbers the candidate lines from 1).
+        co_purchases: per candidate, other shoppers' co-purchases with the history (the examples'
+            ``co_purchases`` column, or the service's online features); needed when
+            ``cfg.list_co_purchases`` is set.
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``; the chat template is the tokenizer's.
+
+    Raises:
+        ValueError: no candidates, or ``cfg.list_co_purchases`` without one count per candidate.
     """
     if not candidates:
         raise ValueError("a re-ranking prompt needs at least one candidate")
+    if cfg.list_co_purchases and co_purchases is None:
+        raise ValueError("prompts.list_co_purchases needs the candidates' co-purchase counts")
     lines = ["Purchase history (oldest first):"]
     lines += [_item_line(items.item(item_id), cfg) for item_id in history]
     history_brands = Counter(b for b in (items.item(item_id).brand for item_id in history) if b)
@@ -198,10 +223,21 @@ def render_messages(
         lines.append(f"{position}. {line}" if cfg.answer_ids == "index" else line)
     if cfg.list_shared_brands:
         lines.append(_shared_brand_line(history_brands, candidates, items, cfg.answer_ids))
+    if cfg.list_co_purchases:
+        lines.append(_co_purchase_line(co_purchases, candidates, items, cfg.answer_ids))
     return [
         {"role": "system", "content": _system_message(len(candidates), cfg.answer_ids)},
         {"role": "user", "content": "\n".join(lines)},
     ]
+
+
+def render_example(example: Mapping[str, Any], items: ItemCatalog, cfg: PromptConfig) -> list[dict[str, str]]:
+    """``render_messages`` of one re-ranking example (a row with ``history``, ``candidates`` and
+    ``co_purchases``, as in examples.parquet and traces.parquet)."""
+    co_purchases = example.get("co_purchases") if cfg.list_co_purchases else None
+    return render_messages(
+        list(example["history"]), list(example["candidates"]), items, cfg, None if co_purchases is None else list(co_purchases)
+    )
 
 
 def render_answer(reasoning: str, ranking_sids: Sequence[str], candidate_sids: Sequence[str] | None = None) -> str:

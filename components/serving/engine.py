@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from components.candidates.co_purchase import candidate_co_purchases, decode_neighbors
 from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
@@ -45,6 +46,9 @@ class FeatureSource(Protocol):
 
     def items(self, item_ids: Sequence[str]) -> dict[str, CatalogItem]:
         """Features of the known items among ``item_ids``; unknown ones are left out."""
+
+    def co_purchases(self, item_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Each item's training-split co-purchases (co-bought item id -> users); empty when unknown."""
 
 
 class FeastFeatures:
@@ -83,6 +87,13 @@ class FeastFeatures:
             for item_id, row in rows.items()
             if row.get("sid")
         }
+
+    def co_purchases(self, item_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        from feature_repo.store import CO_PURCHASE_COLUMN, online_features
+
+        with self._lock:
+            rows = online_features(self._store, [], list(item_ids))["items"]
+        return {item_id: decode_neighbors(rows.get(item_id, {}).get(CO_PURCHASE_COLUMN)) for item_id in item_ids}
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,11 @@ class Reranker:
             raise RequestError(422, "history", "unknown item ids (not in the feature store)", unknown_items=unknown_history)
         catalog = ItemCatalog(found[i] for i in wanted)
         served = self.models[request.decoder]
-        messages = render_messages(history, request.candidates, catalog, self.cfg.prompts)
+        co_purchases = None
+        if self.cfg.prompts.list_co_purchases:
+            # A served request is never a training example: no own share to leave out.
+            co_purchases = candidate_co_purchases(history, request.candidates, self.features.co_purchases(request.candidates))
+        messages = render_messages(history, request.candidates, catalog, self.cfg.prompts, co_purchases)
         prompt = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return Prepared(request, prompt, catalog.sids(request.candidates), catalog)
 

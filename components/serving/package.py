@@ -164,7 +164,11 @@ def package_service(
     else:
         student = version_by_alias(cfg, name, alias)
         if student is None:
-            raise PackagingError(f"{name}@{alias} does not exist: no version has been promoted to {alias} yet")
+            raise PackagingError(
+                f"{name}@{alias} does not exist: no version has been promoted to {alias} yet. `make run` registers a "
+                "new version and promotes it only when it beats the pre-rank floor on valid; `dgr2 report` shows "
+                "the last run's gate checks"
+            )
     if feature_store_dir is None:
         feature_store_dir = feature_store_of(cfg, student.tags.get("dataset_version", ""))
     checkpoints: dict[Decoder, tuple[str | Path, ModelInfo]] = {

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.candidates.co_purchase import co_purchase_neighbors
+from components.candidates.splits import training_interactions
 from components.config import AnalystWeights, PromptConfig, TracesConfig
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
@@ -45,20 +47,6 @@ def trace_length(text: str) -> int:
     """
     words = SID_TOKEN_RE.sub(" ", text).split()
     return len(SID_TOKEN_RE.findall(text)) + sum(any(ch.isalnum() for ch in word) for word in words)
-
-
-def training_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
-    """The training part of a leave-one-out split: every user's interactions but the last two.
-
-    Args:
-        interactions: user_id, item_id, position (0-based, contiguous per user).
-
-    Returns:
-        The rows whose item is neither the user's valid (second last) nor test (last) target,
-        the same rule as ``components.candidates.splits``.
-    """
-    length = interactions.groupby("user_id")["position"].transform("size")
-    return interactions[length - 1 - interactions["position"] >= 2]
 
 
 @dataclass
@@ -86,15 +74,12 @@ class AnalystStats:
         Returns:
             The fitted statistics.
         """
-        stats = cls()
+        stats = cls(co_purchase=co_purchase_neighbors(train_interactions))
         ordered = train_interactions.sort_values(["user_id", "position"], kind="stable")
         for user_id, items in ordered.groupby("user_id", sort=False)["item_id"]:
             sequence = items.tolist()
             stats.popularity.update(sequence)
             own_items = stats.user_items[str(user_id)] = Counter(sequence)
-            distinct = set(own_items)
-            for item in distinct:
-                stats.co_purchase.setdefault(item, Counter()).update(distinct - {item})
             categories = [catalog.item(i).leaf_category if i in catalog else None for i in sequence]
             own_transitions = stats.user_transitions[str(user_id)] = Counter(
                 (before, after) for before, after in zip(categories, categories[1:]) if before and after

@@ -20,7 +20,7 @@ import numpy as np
 
 from components.config import PromptConfig, TracesConfig
 from components.prompts.answer import parse_answer
-from components.prompts.render import ItemCatalog, render_messages
+from components.prompts.render import ItemCatalog, render_example
 from components.traces.teacher import InvalidProposal, Proposal
 
 # Chat models often wrap JSON in a Markdown fence although the prompt asks for JSON only.
@@ -122,7 +122,7 @@ class OpenAITeacher:
             TeacherUnavailable: transient failures outlasted the retries.
             httpx.HTTPStatusError: a non-transient error status (bad URL, key or model).
         """
-        messages = render_messages(example["history"], example["candidates"], catalog, self.prompt_cfg)
+        messages = render_example(example, catalog, self.prompt_cfg)
         if target is not None:
             # GR2's targeted prompt: the reasoning must reach the known next purchase on its own.
             messages[-1]["content"] += (

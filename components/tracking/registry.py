@@ -84,6 +84,7 @@ def register(cfg: Config, name: str, model_uri: str, run_id: str, stage: str, da
     tags = {
         "model_uri": model_uri,
         "dataset_version": dataset_version,
+        "catalog": cfg.data.catalog_name,
         "stage": stage,
         "parent_model_version": parent,
         "config_hash": config_hash(cfg),

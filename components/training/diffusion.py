@@ -199,22 +199,32 @@ def run_diffusion(
     models: dict[str, str] = {}
     evaluations: dict[str, Any] = {}
 
-    def evaluate(label: str, tau: float) -> dict[str, Any]:
+    def evaluate(label: str, tau: float, scope: str = "") -> dict[str, Any]:
         name = f"evaluate {label} (tau={tau})"
-        stages[name] = run(name, "evaluate", models[label], *data, str(tau))
+        stages[name] = run(name, "evaluate", models[label], *data, str(tau), scope)
         return stages[name]["metrics"]
+
+    # The stages this run goes through: the last one's model is the final one, scored on every
+    # test user; the ones before it may be scored on the quick scope.
+    planned = ["convert"]
+    if until != "convert":
+        planned.append("cft")
+    if until in ("opd", "rl") and cfg.opd.enabled:
+        planned.append("opd")
+    if until == "rl" and cfg.diffusion_rl.enabled:
+        planned.append("diffusion_rl")
 
     def add(label: str, stage: str, *inputs: str) -> None:
         stages[stage] = run(stage, stage, *inputs)
         models[label] = stages[stage]["outputs"]["model_uri"]
-        evaluations[label] = evaluate(label, 1.0)
+        evaluations[label] = evaluate(label, 1.0, "" if stage == planned[-1] else "quick")
 
     add("naive conversion", "convert", teacher_uri)
-    if until != "convert":
+    if "cft" in planned:
         add("CFT", "cft", student_start_uri or models["naive conversion"], dataset_uri, sid_uri, traces_uri)
-    if until in ("opd", "rl") and cfg.opd.enabled:
+    if "opd" in planned:
         add("CFT+OPD", "opd", models["CFT"], teacher_uri, *data)
-    if until == "rl" and cfg.diffusion_rl.enabled:
+    if "diffusion_rl" in planned:
         add(f"{list(models)[-1]}+RL", "diffusion_rl", models[list(models)[-1]], *data)
     final = list(models)[-1]
     sweep: dict[str, Any] = {}

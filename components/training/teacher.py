@@ -20,16 +20,17 @@ from typing import Any
 import pandas as pd
 
 from components import storage
+from components.baselines.stage import evaluation_report, run_sasrec
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config, TrainingConfig
 from components.evaluation.stage import evaluate_model
 from components.modeling.build import build_base_model
 from components.data.ingest import load_dataset
 from components.modeling.factory import load_model, save_model
-from components.prompts.render import ItemCatalog, answer_candidates, render_messages
+from components.prompts.render import ItemCatalog, answer_candidates, render_example
 from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.traces.analyst import training_interactions
+from components.candidates.splits import training_interactions
 from components.traces.build import build_traces, read_traces
 from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
 from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
@@ -113,7 +114,7 @@ def encoded_traces(cfg: Config, tokenizer: Any, catalog: ItemCatalog, traces_uri
     traces = read_traces(traces_uri, cfg.storage.work_dir)
     encoded, too_long = [], 0
     for row in traces.itertuples(index=False):
-        messages = render_messages(list(row.history), list(row.candidates), catalog, cfg.prompts)
+        messages = render_example(row._asdict(), catalog, cfg.prompts)
         try:
             encoded.append(
                 encode_sft_example(
@@ -266,6 +267,7 @@ TEACHER_STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "sft": run_sft,
     "rl": run_rl,
     "evaluate": evaluate_model,
+    "sasrec": run_sasrec,
 }
 # (label, stage name, *input URIs) -> the stage's ``StageResult.to_dict()`` plus ``seconds``.
 StageRunner = Callable[..., dict[str, Any]]
@@ -281,6 +283,7 @@ _FACTS = {
     "cft": ("examples", "final_loss", "steps", "tokens_per_s"),
     "opd": ("prompts", "final_loss", "steps", "tokens_per_s"),
     "diffusion_rl": ("prompts", "steps", "tokens_per_s"),
+    "sasrec": ("epochs", "final_loss", "train_seconds"),
 }
 
 
@@ -300,20 +303,25 @@ def run_teacher(
 ) -> dict[str, Any]:
     """The AR teacher's stage sequence: traces -> base model -> mid-training -> SFT -> RL, then evaluation.
 
-    The SFT and RL models are both evaluated, so the summary shows what RL adds.
+    The SFT and RL models are both evaluated, so the summary shows what RL adds; SFT on the
+    ``quick`` scope when RL follows it.
 
     Args:
-        cfg: run config (``midtrain.enabled`` and ``rl.enabled`` skip those stages).
+        cfg: run config (``midtrain.enabled``, ``rl.enabled`` and ``sasrec.enabled`` skip those stages).
         dataset_uri, sid_uri, examples_uri: the data flow's outputs.
         run: runs one stage (:func:`direct_runner`, or the Prefect flow's cached tasks).
         start_model_uri: warm start: mid-training (or SFT) starts from this model (the champion's
             teacher, on retraining) instead of a freshly built base model.
 
     Returns:
-        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report),
+        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report; the SASRec
+        baseline's too, though it is no model of the recipe and is never registered),
         ``traces_uri`` and :func:`summarize_stages`' ``stages`` and ``stage_metrics``.
     """
     stages: dict[str, dict[str, Any]] = {}
+    if cfg.sasrec.enabled:
+        # The baseline needs only the data; its row heads the table, before the models it is a baseline for.
+        stages["sasrec"] = run("sasrec", "sasrec", dataset_uri, examples_uri)
     stages["traces"] = run("traces", "traces", dataset_uri, sid_uri, examples_uri)
     traces_uri = stages["traces"]["outputs"]["traces_uri"]
     model_uri = start_model_uri
@@ -328,9 +336,12 @@ def run_teacher(
     if cfg.rl.enabled:
         stages["rl"] = run("rl", "rl", models["SFT"], dataset_uri, sid_uri, examples_uri)
         models["SFT+RL"] = stages["rl"]["outputs"]["model_uri"]
-    evaluations = {}
+    evaluations = {"SASRec": evaluation_report(stages["sasrec"]["metrics"])} if "sasrec" in stages else {}
+    teacher_label = list(models)[-1]
     for name, uri in models.items():
-        stages[f"evaluate {name}"] = run(f"evaluate {name}", "evaluate", uri, dataset_uri, sid_uri, examples_uri)
+        # The model the student starts from is scored on every test user; SFT before RL may be quick.
+        scope = "" if name == teacher_label else "quick"
+        stages[f"evaluate {name}"] = run(f"evaluate {name}", "evaluate", uri, dataset_uri, sid_uri, examples_uri, "", scope)
         evaluations[name] = stages[f"evaluate {name}"]["metrics"]
     return {"models": models, "evaluations": evaluations, "traces_uri": traces_uri} | summarize_stages(stages)
 

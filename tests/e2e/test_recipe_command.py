@@ -24,9 +24,11 @@ AFTER_CONVERSION = (
     "evaluate CFT+OPD+RL (tau=1.0)",
     "evaluate CFT+OPD+RL (tau=0.5)",
     "speed",
-    # The promotion gates read the serving tau (0.9), which the sweep above does not include.
-    "evaluate CFT+OPD+RL (tau=0.9)",
+    # The promotion gates score the valid split at the serving tau (0.9).
+    "gate CFT+OPD+RL (tau=0.9)",
 )
+# The teacher is registered and gated by every run, `dgr2 convert` included.
+TEACHER_GATE = "gate AR teacher"
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +61,12 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     converted = dgr2(["convert", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
     assert converted.returncode == 0, converted.stderr[-3000:]
     first = json.loads(converted.stdout)
-    assert tuple(first["stages"]) == (*TEACHER_STAGES, "convert", "evaluate naive conversion (tau=1.0)")
+    assert tuple(first["stages"]) == (*TEACHER_STAGES, "convert", "evaluate naive conversion (tau=1.0)", TEACHER_GATE)
     config = json.loads((Path(first["models"]["naive conversion"]) / "config.json").read_text())
     assert config["bd_block_size"] == 4 and config["bd_token_shift"] is True
     naive = first["evaluations"]["naive conversion"]["test"]
-    assert naive["all"]["n"] == 300 and 0.0 <= naive["all"]["valid_rate"] <= 1.0
+    # An intermediate model: the quick scope's 50 users.
+    assert naive["all"]["n"] == 50 and 0.0 <= naive["all"]["valid_rate"] <= 1.0
     # One token per step at tau = 1: a block of 4 takes 3 steps and a commit forward.
     assert naive["decode"]["tokens_per_forward"] <= 1.0
     assert first["sweep"] == {} and first["speed"] == {}
@@ -71,14 +74,19 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     full = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--json"], workspace)
     assert full.returncode == 0, full.stderr[-3000:]
     summary = json.loads(full.stdout)
-    assert tuple(summary["stages"]) == (*first["stages"], *AFTER_CONVERSION)
+    before = first["stages"]
+    assert tuple(summary["stages"]) == (*list(before)[:-1], *AFTER_CONVERSION[:-1], TEACHER_GATE, AFTER_CONVERSION[-1])
     assert {name for name, stage in summary["stages"].items() if not stage["cached"]} == set(AFTER_CONVERSION)
     assert summary["final"] == "CFT+OPD+RL"
     parents = {"CFT": "naive conversion", "CFT+OPD": "CFT", "CFT+OPD+RL": "CFT+OPD"}
     for label, stage in zip(MODELS, ("cft", "opd", "diffusion_rl")):
         meta = json.loads((Path(summary["models"][label]) / "dgr2_model.json").read_text())
         assert meta["stage"] == stage and meta["parent_model_uri"] == summary["models"][parents[label]]
-        assert summary["evaluations"][label]["test"]["test_sample"]["n"] == 100
+        # The final model on every test user (the sample is 100 of them), the others on the quick scope.
+        final = label == "CFT+OPD+RL"
+        assert summary["evaluations"][label]["test"]["all"]["n"] == (300 if final else 50)
+        if final:
+            assert summary["evaluations"][label]["test"]["test_sample"]["n"] == 100
     assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
     assert set(summary["sweep"]) == {str(t) for t in THRESHOLDS}
     for batch in ("batch_1", "batch_16"):
@@ -129,9 +137,18 @@ def _check_tracking(summary: dict, converted: dict) -> None:
     tags = mlflow.get_model_version("diffusion-gr2", student["version"]).tags
     assert tags["parent_model_version"] == f"gr2-ar/{teacher['version']}" and tags["dataset_version"] == summary["dataset_version"]
     assert tags["stage"] == "diffusion_rl"
-    valid = summary["promotion"]["challenger"]["valid_rate"]
-    gate = load_config("configs/tiny.yaml").promotion.min_valid_rate
-    assert summary["promotion"]["promote"] == (valid >= gate) == (tags["promotion.decision"] == "champion")
+    # Every gate decides on the valid split; the decision is all of them, recorded on the version.
+    for key, name in (("promotion", "diffusion-gr2"), ("teacher_promotion", "gr2-ar")):
+        decision = summary[key]
+        gates = {gate["gate"]: gate for gate in decision["gates"]}
+        assert {"validity", "beats floor recall_at_1", "beats floor ndcg_at_3"} <= set(gates)
+        assert all(gate["split"] == "valid" and gate["examples"] == 30 for gate in gates.values())
+        assert gates["validity"]["passed"] == (decision["challenger"]["valid_rate"] >= load_config("configs/tiny.yaml").promotion.min_valid_rate)
+        assert decision["promote"] == all(gate["passed"] for gate in gates.values())
+        assert decision["reason"]
+        version = mlflow.get_model_version(name, decision["version"])
+        assert (version.tags["promotion.decision"] == "champion") == decision["promote"]
+        assert version.tags["catalog"]  # the slice's directory name: models of another catalogue never replace it
 
 
 def test_report_before_any_run_names_the_missing_run(tmp_path: Path):

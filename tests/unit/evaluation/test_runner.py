@@ -38,6 +38,8 @@ def _examples(n: int = 40) -> pd.DataFrame:
         pre_rank = int(rng.integers(1, 11))
         rows.append(
             {
+                "user_id": f"u{i}",
+                "target_position": 2,
                 "history": ["i11", "i10"],
                 "candidates": candidates,
                 "target": candidates[pre_rank - 1],
@@ -121,7 +123,7 @@ def test_copying_the_pre_rank_order_is_valid_scores_the_floor_and_is_counted():
     assert result["test_sample"]["floor"]["n"] == 20
 
 
-def test_evaluation_examples_take_the_configured_users():
+def test_evaluation_examples_take_the_configured_users_per_scope():
     from components.config import Config
     from components.evaluation.stage import evaluation_examples
 
@@ -129,11 +131,20 @@ def test_evaluation_examples_take_the_configured_users():
     rows["in_test_sample"] = [i < 5 for i in range(40)]
     cfg = Config(evaluation={"test_users": "sample", "valid_examples": 8, "seed": 3})
     chosen = evaluation_examples(rows, cfg)
-    assert len(chosen["test"]) == 5 and chosen["test"]["in_test_sample"].all()
-    assert len(chosen["valid"]) == 8 and (chosen["valid"]["split"] == "valid").all()
-    assert chosen["valid"]["user_id"].tolist() == evaluation_examples(rows, cfg)["valid"]["user_id"].tolist()
-    everyone = evaluation_examples(rows, Config(evaluation={"test_users": "all", "valid_examples": 0}))
-    assert len(everyone["test"]) == 20 and "valid" not in everyone
-    capped = evaluation_examples(rows, Config(evaluation={"test_users": "all", "valid_examples": 0, "max_test_examples": 7}))
+    assert set(chosen) == {"test"} and len(chosen["test"]) == 5 and chosen["test"]["in_test_sample"].all()
+    # The gate scope: a seeded sample of the valid split only, the same one every time.
+    gate = evaluation_examples(rows, cfg, "gate")
+    assert set(gate) == {"valid"} and len(gate["valid"]) == 8 and (gate["valid"]["split"] == "valid").all()
+    assert gate["valid"]["user_id"].tolist() == evaluation_examples(rows, cfg, "gate")["valid"]["user_id"].tolist()
+    everyone = evaluation_examples(rows, Config(evaluation={"test_users": "all"}))
+    assert len(everyone["test"]) == 20
+    capped = evaluation_examples(rows, Config(evaluation={"test_users": "all", "max_test_examples": 7}))
     assert len(capped["test"]) == 7 and (capped["test"]["split"] == "test").all()
     assert set(capped["test"]["user_id"]) < set(everyone["test"]["user_id"])
+    # The quick scope takes fewer of the same users; 0 means the same users as the full scope.
+    quick_cfg = Config(evaluation={"test_users": "all", "quick_test_examples": 4})
+    quick = evaluation_examples(rows, quick_cfg, "quick")["test"]
+    assert len(quick) == 4 and set(quick["user_id"]) < set(everyone["test"]["user_id"])
+    assert len(evaluation_examples(rows, Config(evaluation={"test_users": "all"}), "quick")["test"]) == 20
+    with pytest.raises(ValueError, match="scope"):
+        evaluation_examples(rows, cfg, "everything")

@@ -14,6 +14,7 @@ from components.data.events import event_times
 from feature_repo.store import (
     apply_definitions,
     build_feature_tables,
+    historical_co_purchases,
     historical_histories,
     materialize,
     online_features,
@@ -48,6 +49,9 @@ def test_build_feature_tables_writes_histories_and_items(tmp_path, interactions,
     assert item_rows.loc["i2", "brand"] is None
     assert list(item_rows.loc["i1", "categories"]) == ["Makeup", "Nails"]
     assert (item_rows["event_timestamp"] == pd.Timestamp(0, tz="UTC")).all()
+    # Co-purchases count the training split only (each user's interactions but the last two):
+    # a's i1 and i2; b and c have no training interactions, d only i4.
+    assert item_rows["co_purchase_text"].to_dict() == {"i1": "i2:1", "i2": "i1:1", "i3": "", "i4": "", "i5": ""}
 
 
 def test_build_feature_tables_rejects_missing_sid_and_spaced_ids(tmp_path, interactions, items, sids):
@@ -115,9 +119,15 @@ def test_materialize_serves_latest_history_and_item_features(make_config, tmp_pa
         "title": "Nail polish",
         "brand": "OPI",
         "categories": ["Makeup", "Nails"],
+        "co_purchase_text": "i2:1",
     }
     assert served["items"]["i2"]["brand"] is None
     assert set(served["items"]["unknown"].values()) == {None}
+
+
+def test_offline_co_purchases_match_the_tables(make_config, tmp_path, interactions, items, sids):
+    store = _ready_store(make_config(), interactions, items, sids, tmp_path)
+    assert historical_co_purchases(store, ["i1", "i3", "i1", "unknown"]) == {"i1": {"i2": 1}, "i3": {}, "unknown": {}}
 
 
 def test_feature_service_resolves_by_name(make_config, tmp_path, interactions, items, sids):

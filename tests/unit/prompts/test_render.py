@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from components.config import PromptConfig
-from components.prompts import ItemCatalog, answer_candidates, parse_answer, render_answer, render_messages
+from components.prompts import ItemCatalog, answer_candidates, parse_answer, render_answer, render_example, render_messages
 from components.semantic_ids.format import sid_string
 
 from .fakes import item_frames
@@ -137,6 +137,25 @@ def test_shared_brands_are_listed_most_shared_first() -> None:
     assert "history items with it" not in unlisted
     with pytest.raises(ValueError, match="list_shared_brands needs prompts.include_brand"):
         PromptConfig(list_shared_brands=True)
+
+
+def test_co_purchases_are_listed_last_most_first(catalog: ItemCatalog) -> None:
+    cfg = PromptConfig(list_co_purchases=True, answer_ids="index")
+    counts = [0, 3, 0, 12, 0, 3, 0, 0, 1, 0]
+    last_line = render_messages(HISTORY, CANDIDATES, catalog, cfg, counts)[1]["content"].splitlines()[-1]
+    # Most co-purchases first, ties in pre-rank order.
+    assert last_line == "Candidates co-bought with history items (other shoppers): 4 (12), 2 (3), 6 (3), 9 (1)"
+    by_sid = render_messages(HISTORY, CANDIDATES, catalog, cfg.model_copy(update={"answer_ids": "sid"}), counts)[1]["content"]
+    assert by_sid.endswith(f"(other shoppers): {catalog.sid('i4')} (12), {catalog.sid('i3')} (3), {catalog.sid('i5')} (3), {catalog.sid('i8')} (1)")
+    assert render_messages(HISTORY, CANDIDATES, catalog, cfg, [0] * 10)[1]["content"].endswith("(other shoppers): none")
+    # Off by default (the papers' prompt); on, the counts are required and must match the candidates.
+    assert "co-bought" not in render_messages(HISTORY, CANDIDATES, catalog, PromptConfig(), counts)[1]["content"]
+    with pytest.raises(ValueError, match="co-purchase counts"):
+        render_messages(HISTORY, CANDIDATES, catalog, cfg)
+    with pytest.raises(ValueError, match="9 co-purchase counts for 10 candidates"):
+        render_messages(HISTORY, CANDIDATES, catalog, cfg, counts[:9])
+    example = {"history": HISTORY, "candidates": CANDIDATES, "co_purchases": counts}
+    assert render_example(example, catalog, cfg) == render_messages(HISTORY, CANDIDATES, catalog, cfg, counts)
 
 
 def test_prompt_names_an_unknown_item(catalog: ItemCatalog) -> None:

@@ -26,6 +26,12 @@ class StubFeatures:
         known = catalog_items()
         return {i: known[i] for i in item_ids if i in known}
 
+    def co_purchases(self, item_ids):
+        # Two candidates were co-bought with the history: one with u0's first item, one with two.
+        history = HISTORIES["u0"]
+        table = {CANDIDATES[2]: {history[0]: 4}, CANDIDATES[5]: {history[0]: 1, history[-1]: 6}}
+        return {i: table.get(i, {}) for i in item_ids}
+
 
 @pytest.fixture(scope="module")
 def reranker() -> Reranker:
@@ -53,6 +59,17 @@ def test_prompt_shows_the_users_history_from_the_features(reranker: Reranker) ->
     sids = catalog_items()
     assert all(sids[i].sid in prepared.prompt for i in HISTORIES["u0"] + CANDIDATES)
     assert reranker.batch_key(prepared) == ("diffusion", 0.9)
+
+
+def test_the_co_purchase_line_reads_the_online_features(reranker: Reranker) -> None:
+    """The service computes the prompt's co-purchase line as the examples stage does, from the
+    candidates' co-purchase features, so a served prompt reads like a training prompt."""
+    cfg = reranker.cfg.model_copy(deep=True)
+    cfg.prompts.list_co_purchases = True
+    with_line = Reranker(cfg, reranker.models, StubFeatures())
+    prompt = with_line.prepare(RerankRequest(CANDIDATES, user_id="u0")).prompt
+    assert f"Candidates co-bought with history items (other shoppers): {with_line.prepare(RerankRequest(CANDIDATES, user_id='u0')).candidate_sids[5]} (7)" in prompt
+    assert "co-bought" not in reranker.prepare(RerankRequest(CANDIDATES, user_id="u0")).prompt
 
 
 def test_a_valid_answer_is_returned_as_item_ids(reranker: Reranker, monkeypatch) -> None:

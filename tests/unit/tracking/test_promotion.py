@@ -9,65 +9,97 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components.config import PromotionConfig
-from components.tracking.promotion import CHALLENGER, CHAMPION, GateMetrics, decide, promote
+import numpy as np
+
+from components.config import EvaluationConfig, PromotionConfig
+from components.evaluation.metrics import ranking_metrics
+from components.evaluation.runner import floor_comparison
+from components.tracking.promotion import CHALLENGER, CHAMPION, GateMetrics, decide, promote, reason
 from components.tracking.registry import find_version, register, version_by_alias
 from components.tracking.runs import RecipeRuns, client
 from components.training.diffusion import DIFFUSION_RL_STAGE
 from tests.unit.tiny_lm import chat_prompts, publish_checkpoint, tiny_tokenizer
 
-GOOD = GateMetrics(valid_rate=1.0, recall_at_1=0.30, ndcg_at_3=0.45, decode_tokens_per_s=1000.0, examples=1615)
+EVAL = EvaluationConfig(bootstrap_samples=200)
+N = 600
+# The pre-rank floor: the target at a seeded rank among 10 candidates, one per valid example.
+PRE_RANKS = np.random.default_rng(0).integers(1, 11, size=N)
 
 
-def _report(metrics: GateMetrics) -> dict:
-    """An evaluation report shaped like ``evaluate_model``'s, holding ``metrics``."""
-    return {
-        "test": {
-            "test_sample": {
-                "n": metrics.examples,
-                "valid_rate": metrics.valid_rate,
-                "recall_at_1": {"mean": metrics.recall_at_1},
-                "ndcg_at_3": {"mean": metrics.ndcg_at_3},
-            },
-            "decode": {"decode_tokens_per_s": metrics.decode_tokens_per_s},
-        }
-    }
+def moved_to_top(share: float, seed: int = 1) -> np.ndarray:
+    """Ranks of a re-ranker that puts the target first on a seeded ``share`` of the examples."""
+    ranks = PRE_RANKS.copy()
+    ranks[np.random.default_rng(seed).random(N) < share] = 1
+    return ranks
 
 
-def test_gate_metrics_read_the_fixed_test_sample() -> None:
-    assert GateMetrics.from_evaluation(_report(GOOD)) == GOOD
+def _report(ranks: np.ndarray, valid_rate: float = 1.0, tokens_per_s: float = 1000.0, digest: str = "same-examples") -> dict:
+    """A gate-scope evaluation report shaped like ``evaluate_model``'s (the valid split)."""
+    scored = ranking_metrics(ranks, EVAL) | floor_comparison(ranks, PRE_RANKS, ranks == PRE_RANKS, EVAL)
+    return {"valid": {"all": scored | {"valid_rate": valid_rate, "examples_digest": digest}, "decode": {"decode_tokens_per_s": tokens_per_s}}}
+
+
+def gate(ranks: np.ndarray, catalog: str = "amazon-beauty", **report: float | str) -> GateMetrics:
+    return GateMetrics.from_evaluation(_report(ranks, **report), catalog)
+
+
+COPY = gate(PRE_RANKS.copy())
+GOOD = gate(moved_to_top(0.3))
+
+
+def test_gate_metrics_read_the_valid_split_and_refuse_a_test_report() -> None:
+    assert GOOD.examples == N and GOOD.valid_rate == 1.0 and GOOD.target_ranks == moved_to_top(0.3).tolist()
+    assert GOOD.recall_at_1 == pytest.approx(float((moved_to_top(0.3) == 1).mean()))
+    with pytest.raises(ValueError, match="valid split"):
+        GateMetrics.from_evaluation({"test": _report(PRE_RANKS)["valid"]})
+
+
+def test_a_model_that_copies_its_input_is_refused_even_when_fully_valid() -> None:
+    decision = decide(COPY, None, PromotionConfig(), EVAL)
+    assert not decision.promote
+    assert any(c.startswith("FAIL: recall_at_1 - floor +0.0000") for c in decision.checks)
+    assert {g["gate"]: g["passed"] for g in decision.gates} == {"validity": True, "beats floor recall_at_1": False, "beats floor ndcg_at_3": False}
+    assert all(g["split"] == "valid" and g["examples"] == N for g in decision.gates)
+    assert "recall_at_1 - floor" in reason(decision)
+
+
+def test_a_model_that_beats_the_floor_on_valid_is_promoted_when_there_is_no_champion() -> None:
+    decision = decide(GOOD, None, PromotionConfig(), EVAL)
+    assert decision.promote, decision.checks
+    floor_gate = next(g for g in decision.gates if g["gate"] == "beats floor recall_at_1")
+    assert floor_gate["ci_low"] > 0 and floor_gate["mean"] == pytest.approx(GOOD.recall_at_1 - float((PRE_RANKS == 1).mean()))
+    assert reason(decision) == "passed every gate"
+    # Below the validity gate it is refused all the same.
+    assert not decide(gate(moved_to_top(0.3), valid_rate=0.9), None, PromotionConfig(), EVAL).promote
 
 
 @pytest.mark.parametrize(
-    "change, passes",
+    "challenger, passes",
     [
-        ({}, True),
-        ({"recall_at_1": 0.31, "ndcg_at_3": 0.46}, True),
-        ({"valid_rate": 0.999}, False),
-        ({"recall_at_1": 0.2999}, False),
-        ({"ndcg_at_3": 0.449}, False),
-        ({"decode_tokens_per_s": 899.0}, False),
-        ({"decode_tokens_per_s": 901.0}, True),
-        ({"examples": 1614}, False),
+        (gate(moved_to_top(0.5, seed=2)), True),  # clearly better
+        (gate(moved_to_top(0.1, seed=3)), False),  # clearly worse: beats the floor, not the champion
+        (GOOD, False),  # the same answers: a tie keeps the champion
+        (gate(moved_to_top(0.5, seed=2), tokens_per_s=899.0), False),  # better but too slow
+        (gate(moved_to_top(0.5, seed=2), digest="other-examples"), False),  # not comparable
+        (gate(moved_to_top(0.5, seed=2), catalog="amazon-toys"), False),  # another catalogue
     ],
 )
-def test_gates(change: dict, passes: bool) -> None:
-    challenger = GateMetrics(**(GOOD.__dict__ | change))
-    decision = decide(challenger, GOOD, PromotionConfig(throughput_tolerance=0.1))
-    assert decision.promote is passes
-    assert len(decision.checks) == (5 if change.get("examples") else 4)
+def test_a_challenger_replaces_the_champion_only_when_ahead(challenger: GateMetrics, passes: bool) -> None:
+    decision = decide(challenger, GOOD, PromotionConfig(throughput_tolerance=0.1), EVAL)
+    assert decision.promote is passes, decision.checks
     assert all(check.startswith(("pass: ", "FAIL: ")) for check in decision.checks)
 
 
 def test_tolerances_are_read_from_config() -> None:
-    slightly_worse = GateMetrics(**(GOOD.__dict__ | {"recall_at_1": 0.295}))
-    assert not decide(slightly_worse, GOOD, PromotionConfig()).promote
-    assert decide(slightly_worse, GOOD, PromotionConfig(recall_at_1_tolerance=0.01)).promote
-
-
-def test_first_version_needs_only_the_validity_gate() -> None:
-    assert decide(GOOD, None, PromotionConfig()).promote
-    assert not decide(GateMetrics(**(GOOD.__dict__ | {"valid_rate": 0.5})), None, PromotionConfig()).promote
+    # Slightly behind on average and not significantly: the tie rule keeps the champion either way,
+    # but the tolerance decides whether the "not worse" checks pass.
+    slightly_worse = gate(moved_to_top(0.27, seed=1))
+    strict = {g["gate"]: g["passed"] for g in decide(slightly_worse, GOOD, PromotionConfig(), EVAL).gates}
+    loose = {g["gate"]: g["passed"] for g in decide(slightly_worse, GOOD, PromotionConfig(recall_at_1_tolerance=0.5, ndcg_at_3_tolerance=0.5), EVAL).gates}
+    assert not strict["not worse than champion recall_at_1"]
+    assert loose["not worse than champion recall_at_1"] and not loose["ahead of champion"]
+    # The floor gate can be switched off (a profile whose pre-ranker is the model to beat elsewhere).
+    assert decide(COPY, None, PromotionConfig(require_beats_floor=False), EVAL).promote
 
 
 @pytest.fixture
@@ -99,19 +131,17 @@ def check_alias_moves_only_on_improvement(cfg, versions) -> None:
     assert promote(cfg, first, GOOD, None).promote
     assert str(version_by_alias(cfg, "diffusion-gr2", CHAMPION).version) == "1"
 
-    worse_metrics = GateMetrics(**(GOOD.__dict__ | {"recall_at_1": 0.25}))
-    decision = promote(cfg, worse, worse_metrics, GOOD)
+    decision = promote(cfg, worse, gate(moved_to_top(0.1, seed=3)), GOOD)
     assert not decision.promote and decision.champion_version == "1"
     assert str(version_by_alias(cfg, "diffusion-gr2", CHAMPION).version) == "1"
     assert str(version_by_alias(cfg, "diffusion-gr2", CHALLENGER).version) == "2"
     rejected = client(cfg).get_model_version("diffusion-gr2", "2")
     assert rejected.tags["promotion.decision"] == "rejected"
-    assert any(check.startswith("FAIL: recall_at_1") for check in json.loads(rejected.tags["promotion.checks"]))
+    assert any(check.startswith("FAIL: recall_at_1 - champion") for check in json.loads(rejected.tags["promotion.checks"]))
 
     # A champion that cannot be re-scored is never replaced on the validity gate alone.
     assert not promote(cfg, better, GOOD, None).promote
-    better_metrics = GateMetrics(**(GOOD.__dict__ | {"recall_at_1": 0.32}))
-    assert promote(cfg, better, better_metrics, GOOD).promote
+    assert promote(cfg, better, gate(moved_to_top(0.5, seed=2)), GOOD).promote
     assert str(version_by_alias(cfg, "diffusion-gr2", CHAMPION).version) == "3"
     promoted = client(cfg).get_model_version("diffusion-gr2", "3")
     assert promoted.tags["promotion.decision"] == "champion"
@@ -185,8 +215,9 @@ def test_warm_start_finds_the_champion_and_its_teacher_even_when_the_artifact_ro
 def test_the_promotion_artifact_shows_the_verdict_and_every_check() -> None:
     from components.reporting import promotion_markdown
 
-    decision = decide(GateMetrics(**(GOOD.__dict__ | {"ndcg_at_3": 0.40})), GOOD, PromotionConfig()).to_dict() | {"champion_version": "1"}
+    worse = decide(gate(moved_to_top(0.1, seed=3)), GOOD, PromotionConfig(), EVAL)
+    decision = worse.to_dict() | {"champion_version": "1", "reason": reason(worse)}
     markdown = promotion_markdown({"name": "diffusion-gr2", "version": "2"}, decision)
     assert "`diffusion-gr2` version 2 stays challenger" in markdown and "champion version 1" in markdown
     assert all(f"- {check}" in markdown for check in decision["checks"])
-    assert "FAIL: ndcg_at_3 0.4000 >= champion 0.4500 - 0.0" in markdown
+    assert "FAIL: recall_at_1 - champion -0.1" in markdown and "- decision: failed: recall_at_1 - champion" in markdown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import pandas as pd
 import pytest
@@ -39,8 +40,14 @@ def setup():
 
 def _fixed_rollouts(monkeypatch, model, tokenizer, answers: list[str]) -> None:
     """Make the decoder return ``answers`` (cycled over the rollouts) with their true log-probs."""
+    _rollout_rounds(monkeypatch, itertools.repeat(answers))
+
+
+def _rollout_rounds(monkeypatch, rounds) -> None:
+    """Each decoder call returns the next list of ``rounds`` (cycled over its rollouts) with their true log-probs."""
 
     def fake_generate(policy, tok, texts, *args, **kwargs) -> Generation:
+        answers = next(rounds)
         chosen = [answers[i % len(answers)] for i in range(len(texts))]
         ids = [tok(a, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids(IM_END)] for a in chosen]
         prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
@@ -129,3 +136,55 @@ def test_block_policy_keeps_invalid_rollouts_in_the_group_and_replays_on_policy(
     assert extras["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     assert extras["tokens_per_forward"] > 0
     assert _grad_norm(student) > 0
+
+
+def test_a_rollout_batch_serves_several_updates_and_the_ratio_leaves_one(setup, monkeypatch):
+    catalog, tokenizer, model, prompts = setup
+    model = copy.deepcopy(model)
+    improve = render_answer("i2 fits the history", catalog.sids(["i2", "i0", "i1", "i3"]))
+    keep_order = render_answer("keep the order", catalog.sids(CANDIDATES))
+    _fixed_rollouts(monkeypatch, model, tokenizer, [improve, keep_order])
+    sampled = []
+    sample = rl.generate
+    monkeypatch.setattr(rl, "generate", lambda *args, **kwargs: sampled.append(1) or sample(*args, **kwargs))
+    cfg = RlConfig(group_size=2, updates_per_batch=2)
+    loss_fn = rl.dapo_loss_fn(tokenizer, prompts, cfg, rl.ar_policy(tokenizer, cfg))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    batch = {"prompt_index": torch.tensor([0])}
+
+    first_loss, first = loss_fn(model, batch)
+    assert first["reused"] == 0.0 and first["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    first_loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    second_loss, second = loss_fn(model, batch)
+    # Same rollouts, re-scored under the updated policy against the recorded log-probs.
+    assert second["reused"] == 1.0 and len(sampled) == 1
+    assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-3)
+    assert second["reward_mean"] == first["reward_mean"]
+    second_loss.backward()
+    # The third step samples afresh.
+    _, third = loss_fn(model, batch)
+    assert third["reused"] == 0.0 and len(sampled) == 2
+
+
+def test_dynamic_sampling_refills_the_batch_after_dropping_groups_without_variance(setup, monkeypatch):
+    catalog, tokenizer, model, prompts = setup
+    improve = render_answer("i2 fits the history", catalog.sids(["i2", "i0", "i1", "i3"]))
+    keep_order = render_answer("keep the order", catalog.sids(CANDIDATES))
+    _rollout_rounds(monkeypatch, iter([["not json"], [improve, keep_order]]))
+    cfg = RlConfig(group_size=2, sampling_rounds=3)
+    policy = rl.ar_policy(tokenizer, cfg)
+    torch.manual_seed(0)
+    model.zero_grad()
+    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg, policy)(model, {"prompt_index": torch.tensor([0])})
+    loss.backward()
+    # Round 1: one invalid group, dropped; round 2 refills it with a group that has variance.
+    assert extras["kept_group_share"] == 0.0 and extras["kept_groups"] == 1.0 and extras["sampling_rounds"] == 2.0
+    assert extras["reward_mean"] == pytest.approx((-1.0 - 1.0 + 0.7 + 0.0) / 4)
+    assert _grad_norm(model) > 0
+
+    one_round = RlConfig(group_size=2, sampling_rounds=1)
+    _rollout_rounds(monkeypatch, iter([["not json"]]))
+    loss, extras = rl.dapo_loss_fn(tokenizer, prompts, one_round, rl.ar_policy(tokenizer, one_round))(model, {"prompt_index": torch.tensor([0])})
+    assert extras["kept_groups"] == 0.0 and extras["sampling_rounds"] == 1.0 and loss.item() == 0.0

@@ -1,0 +1,1 @@
+"""Baselines scored on the same candidate lists as the re-rankers (SASRec)."""
