@@ -103,8 +103,8 @@ def sweep_table(summary: dict[str, Any]) -> str:
     over AR from the speed comparison's largest batch."""
     reference = _speed_reference(summary.get("speed", {}))
     lines = [
-        "| decoder | Recall@1 | NDCG@3 | valid rate | tokens per forward | decode tokens/s | speedup vs AR |",
-        "|---|---|---|---|---|---|---|",
+        "| decoder | users | Recall@1 | NDCG@3 | valid rate | tokens per forward | decode tokens/s | speedup vs AR |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     teacher = summary["evaluations"].get("SFT+RL", summary["evaluations"].get("SFT"))
     rows = ([("AR GR2", teacher, reference.get("ar"))] if teacher else []) + [
@@ -114,7 +114,7 @@ def sweep_table(summary: dict[str, Any]) -> str:
         test = report["test"]["all"]
         speedup = f"{speed['speedup']:.2f}x" if speed and "speedup" in speed else ("1.00x" if speed else "-")
         lines.append(
-            f"| {name} | {test['recall_at_1']['mean']:.4f} | {test['ndcg_at_3']['mean']:.4f} | {test['valid_rate']:.2%} | "
+            f"| {name} | {test['n']:,} | {test['recall_at_1']['mean']:.4f} | {test['ndcg_at_3']['mean']:.4f} | {test['valid_rate']:.2%} | "
             f"{report['test']['decode']['tokens_per_forward']:.2f} | {report['test']['decode']['decode_tokens_per_s']:,.0f} | {speedup} |"
         )
     return "\n".join(lines)
