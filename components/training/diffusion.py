@@ -205,7 +205,9 @@ def run_diffusion(
         return stages[name]["metrics"]
 
     # The stages this run goes through: the last one's model is the final one, scored on every
-    # test user; the ones before it may be scored on the quick scope.
+    # test user; the ones before it may be scored on the quick scope. The naive conversion is the
+    # table's reference row, always on the quick scope, so `dgr2 convert` and a later `dgr2
+    # train-rl` share its evaluation.
     planned = ["convert"]
     if until != "convert":
         planned.append("cft")
@@ -217,7 +219,7 @@ def run_diffusion(
     def add(label: str, stage: str, *inputs: str) -> None:
         stages[stage] = run(stage, stage, *inputs)
         models[label] = stages[stage]["outputs"]["model_uri"]
-        evaluations[label] = evaluate(label, 1.0, "" if stage == planned[-1] else "quick")
+        evaluations[label] = evaluate(label, 1.0, "" if stage == planned[-1] != "convert" else "quick")
 
     add("naive conversion", "convert", teacher_uri)
     if "cft" in planned:
