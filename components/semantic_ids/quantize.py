@@ -2,7 +2,8 @@
 
 GR2 (paper.md section 3) quantizes item embeddings level by level (RQ with k-means initialisation)
 and assigns the last level at random among unused codewords, which lifts uniqueness to >= 99%.
-Here the first ``levels`` codes come from k-means on successive residuals, and the last code gives
+Here the first ``levels`` codes come from k-means on successive residuals (exact integer arithmetic,
+so the same embeddings give the same codes on every machine), and the last code gives
 each item inside a collision group (items that share the quantized prefix) its own random codeword,
 so every ID is unique by construction and the report says how much of that the last level did.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.config import ConfigError
+from components.semantic_ids.encoder import GRID_BITS
 
 
 @dataclass
@@ -22,20 +24,81 @@ class Quantization:
     codebooks: list[np.ndarray]  # per quantized level: (codebook_size, dim)
 
 
-def residual_kmeans(embeddings: np.ndarray, levels: int, codebook_size: int, iterations: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Codes (n, levels) and codebooks from k-means on each level's residual."""
-    from sklearn.cluster import KMeans
+def _scores(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(n, k) squared distance minus ||point||^2 (the same argmin); exact on integer-valued inputs."""
+    return (centroids**2).sum(axis=1)[None, :] - 2.0 * (points @ centroids.T)
 
-    # float32 halves k-means time on CPU; the codes do not need more precision.
-    residual = embeddings.astype(np.float32)
+
+def _squared_distances(points: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """(n,) int64 squared distances to one center, exact."""
+    return ((points - center) ** 2).sum(axis=1).astype(np.int64)
+
+
+def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding, sampling with integer arithmetic so the draw is the same on every machine."""
+    centers = [int(rng.integers(len(points)))]
+    closest = _squared_distances(points, points[centers[0]])
+    # Greedy k-means++ (as sklearn): draw a few candidates, keep the one that lowers the potential most.
+    trials = 2 + int(np.log(k))
+    squares = (points**2).sum(axis=1)
+    for _ in range(1, k):
+        cumulative = np.cumsum(closest)
+        if cumulative[-1] == 0:  # fewer distinct points than k: any point will do
+            centers.append(int(rng.integers(len(points))))
+            continue
+        candidates = np.searchsorted(cumulative, rng.integers(cumulative[-1], size=trials), side="right")
+        # (trials, n) exact squared distances: ||p||^2 + ||c||^2 - 2 p.c, integers below 2**53
+        distances = (squares[None, :] + squares[candidates][:, None] - 2.0 * (points[candidates] @ points.T)).astype(np.int64)
+        potentials = np.minimum(closest[None, :], distances)
+        best = int(potentials.sum(axis=1).argmin())
+        centers.append(int(candidates[best]))
+        closest = potentials[best]
+    return points[centers].copy()
+
+
+def _exact_kmeans(points: np.ndarray, k: int, iterations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on integer-valued float64 points, with centroids rounded back to integers.
+
+    Every product and partial sum is an integer below 2**53, so float64 BLAS computes them exactly
+    whatever order a CPU sums in: the assignments and centroids are bit-identical on any machine.
+    """
+    centroids = _kmeans_plus_plus(points, k, np.random.default_rng(seed))
+    assignment = np.full(len(points), -1)
+    for _ in range(iterations):
+        scores = _scores(points, centroids)
+        new_assignment = scores.argmin(axis=1)
+        counts = np.bincount(new_assignment, minlength=k)
+        # An empty cluster takes the point farthest from its centroid (as sklearn relocates).
+        own = scores[np.arange(len(points)), new_assignment] + (points**2).sum(axis=1)
+        while (counts == 0).any():
+            empty = int(np.flatnonzero(counts == 0)[0])
+            farthest = int(np.where(counts[new_assignment] > 1, own, -1.0).argmax())
+            counts[new_assignment[farthest]] -= 1
+            new_assignment[farthest], own[farthest] = empty, -1.0
+            counts[empty] = 1
+        if np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        order = np.argsort(assignment, kind="stable")
+        sums = np.add.reduceat(points[order], np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
+        centroids = np.round(sums / counts[:, None])
+    return assignment, centroids
+
+
+def residual_kmeans(embeddings: np.ndarray, levels: int, codebook_size: int, iterations: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Codes (n, levels) and codebooks from k-means on each level's residual.
+
+    The embeddings are taken on the encoder's 2**-GRID_BITS grid and scaled to integers, so the
+    codes depend only on the embeddings, not on the machine (see ``_exact_kmeans``).
+    """
+    scale = float(2**GRID_BITS)
+    residual = np.round(np.asarray(embeddings, dtype=np.float64) * scale)
     codes, codebooks = [], []
     for level in range(levels):
         k = min(codebook_size, len(residual))
-        kmeans = KMeans(n_clusters=k, n_init=1, max_iter=iterations, random_state=seed + level).fit(residual)
-        assignment = kmeans.labels_
-        centroids = kmeans.cluster_centers_.astype(np.float32)
+        assignment, centroids = _exact_kmeans(residual, k, iterations, seed + level)
         codes.append(assignment)
-        codebooks.append(centroids)
+        codebooks.append((centroids / scale).astype(np.float32))
         residual = residual - centroids[assignment]  # (n, dim): what the next level must explain
     return np.stack(codes, axis=1), codebooks
 

@@ -65,3 +65,24 @@ def test_sid_string_round_trips():
     assert parse_sid(text) == (97, 168, 137, 3)
     assert parse_sid("<s_b_1><s_a_2>") is None
     assert parse_sid("<s_a_1> <s_b_2>") is None
+
+
+def test_codes_do_not_depend_on_summation_order():
+    # Permuting the dimensions changes the order every dot product and centroid sum is taken in;
+    # exact integer arithmetic gives bit-identical codes and codebooks, as another CPU would.
+    from components.semantic_ids.encoder import to_grid
+
+    embeddings = to_grid(_clustered_embeddings(500, seed=4))
+    permutation = np.random.default_rng(0).permutation(embeddings.shape[1])
+    codes, codebooks = residual_kmeans(embeddings, levels=3, codebook_size=8, iterations=30, seed=1)
+    permuted_codes, permuted_codebooks = residual_kmeans(embeddings[:, permutation], levels=3, codebook_size=8, iterations=30, seed=1)
+    assert np.array_equal(codes, permuted_codes)
+    for codebook, permuted in zip(codebooks, permuted_codebooks):
+        assert np.array_equal(codebook[:, permutation], permuted)
+
+
+def test_more_clusters_than_distinct_points_still_fills_every_code():
+    embeddings = np.repeat(np.eye(3, 16, dtype=np.float32), [5, 1, 1], axis=0)
+    codes, codebooks = residual_kmeans(embeddings, levels=1, codebook_size=6, iterations=10, seed=0)
+    assert sorted(np.unique(codes[:, 0]).tolist()) == list(range(6))  # no empty cluster left
+    assert np.isfinite(codebooks[0]).all()
