@@ -6,7 +6,8 @@ emits a stop token is finished: it stays in the batch and is fed the pad token (
 ignored) until every sequence in its batch is done, so the cache never has to be re-indexed.
 The log-prob of each chosen token is returned for RL (the policy's old log-probs).
 
-By default the cache is a ``DynamicCache`` on CPU (where a preallocated one measured slower). On
+By default the cache is an ``InPlaceCache`` on CPU (components/decoding/cache.py: appends in place,
+attends over the filled part only; a ``StaticCache`` attends over all its slots and measured slower). On
 CUDA it is a ``StaticCache`` preallocated for the whole batch, so every one-token forward has the
 same shapes and runs through transformers' compiled forward (CUDA graphs), which replays it
 without per-op launch overhead; the prefill stays eager, as in ``model.generate``.
@@ -22,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
+from components.decoding.cache import InPlaceCache
 from components.modeling.tokenizer import IM_END
 
 logger = logging.getLogger(__name__)
@@ -208,7 +210,7 @@ def _generate_batch(
     """Decode one batch of tokenized prompts.
 
     Args:
-        static_cache: preallocate a ``StaticCache`` instead of growing a ``DynamicCache``.
+        static_cache: preallocate a ``StaticCache`` instead of growing an ``InPlaceCache``.
         compile_steps: run the one-token forwards through the model's compiled call (needs the
             static cache, whose shapes do not change between steps).
 
@@ -230,7 +232,7 @@ def _generate_batch(
     # the positions it would have alone; pads get 0 (they are never attended to).
     positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
     cache: Cache = (
-        StaticCache(config=model.config, max_cache_len=cache_length) if static_cache else DynamicCache()
+        StaticCache(config=model.config, max_cache_len=cache_length) if static_cache else InPlaceCache()
     )
     # Preallocated outputs: one column written per step instead of a concatenation per step.
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
@@ -301,7 +303,7 @@ def generate(
         seed: seeds the sampling RNG so a call is reproducible; None draws fresh randomness.
         stop_token_ids: ids that end a sequence; default: eos and ``<|im_end|>``.
         batch_size: prompts per batch.
-        static_cache: decode with a preallocated ``StaticCache`` instead of a ``DynamicCache``;
+        static_cache: decode with a preallocated ``StaticCache`` instead of an ``InPlaceCache``;
             None: on CUDA only. Both give the same tokens.
         compile: run the one-token forwards through the model's ``torch.compile``d call (the
             first call per batch shape compiles); needs the static cache. None: on CUDA only.

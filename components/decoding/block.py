@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, left_pad
+from components.decoding.cache import InPlaceCache
 from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
@@ -75,9 +76,8 @@ def _decode_batch(
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
     batch = ids.shape[0]
     positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
-    cache: Cache = DynamicCache()
-    kwargs = {cache_argument: cache, "use_cache": True}
-    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **kwargs)
+    cache = InPlaceCache()
+    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **{cache_argument: cache, "use_cache": True})
     never_mask = token_flags(out.logits.shape[-1], mask_id, device)  # (V,)
 
     def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,59 +87,88 @@ def _decode_batch(
         return tokens.view(logits.shape[:-1]), log_probs.view(logits.shape[:-1])
 
     first, first_log_prob = choose(out.logits[:, -1])
+    # Denoising steps run the decoder and the output projection apart (see the step below).
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     forwards = 1
     nfe = torch.ones(batch, dtype=torch.long, device=device)  # (B,)
-    key_valid = prompt_mask.bool()  # (B, L): the cached positions that are real tokens
-    next_position = positions[:, -1] + 1  # (B,)
-    offsets = torch.arange(b, device=device)
     num_blocks = -(-max_new_tokens // b)
     tokens = torch.full((batch, num_blocks * b), pad_id, dtype=torch.long, device=device)
     log_probs = torch.zeros((batch, num_blocks * b), device=device)
     steps = torch.full((batch, num_blocks * b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    # The rows still decoding (indices into the batch) and, per such row, the cached positions
+    # that are real tokens and the next position. A row that stops leaves the cache and these.
+    rows = torch.arange(batch, device=device)  # (W,)
+    key_valid = prompt_mask.bool()  # (W, L)
+    next_position = positions[:, -1] + 1  # (W,)
+    offsets = torch.arange(b, device=device)
     for k in range(num_blocks):
-        block = torch.full((batch, b), mask_id, dtype=torch.long, device=device)  # (B, b)
+        width = len(rows)
+        block = torch.full((width, b), mask_id, dtype=torch.long, device=device)  # (W, b)
         block[:, 0] = first
-        block_log_probs = torch.zeros((batch, b), device=device)
+        block_log_probs = torch.zeros((width, b), device=device)
         block_log_probs[:, 0] = first_log_prob
-        block_steps = torch.full((batch, b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
-        block[done] = pad_id
+        block_steps = torch.full((width, b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
         # A block that starts with a stop token ends its sequence; nothing after it is decoded.
         block[:, 1:] = block[:, 1:].masked_fill(torch.isin(first, stop_ids)[:, None], pad_id)
-        mask = block_step_mask(key_valid, b)  # (B, 1, b, L + b)
-        block_positions = next_position[:, None] + offsets  # (B, b)
+        mask = block_step_mask(key_valid, b)  # (W, 1, b, L + b)
+        block_positions = next_position[:, None] + offsets  # (W, b)
         step = 0
         while bool((masked := block == mask_id).any()):
-            logits = model(input_ids=block, attention_mask=mask, position_ids=block_positions, **kwargs).logits
-            cache.crop(-b)  # the noisy block's K/V must not stay in the cache
+            active = masked.any(dim=1)  # (W,): rows whose block is not finished yet
             forwards += 1
-            nfe += masked.any(dim=1)
-            # Token shift: position i's distribution is the logits at i - 1.
-            proposed, proposed_log_probs = choose(logits[:, :-1])  # (B, b-1) each
-            open_slots = masked[:, 1:]  # (B, b-1)
+            nfe[rows] += active
+            if bool(active.all()):
+                step_rows, step_cache = torch.arange(width, device=device), cache
+            else:
+                # Only the rows with masked positions left run this step, over a copy of their
+                # cache rows (the step's keys and values are thrown away after it anyway).
+                step_rows = active.nonzero().squeeze(1)
+                step_cache = cache.select_rows(step_rows, spare=b)
+            hidden = decoder(
+                input_ids=block[step_rows],
+                attention_mask=mask[step_rows],
+                position_ids=block_positions[step_rows],
+                **{cache_argument: step_cache, "use_cache": True},
+            ).last_hidden_state  # (A, b, H)
+            step_cache.crop(-b)  # the noisy block's K/V must not stay in the cache
+            # Token shift: position i's distribution is the logits at i - 1. The vocabulary
+            # projection runs only where it predicts a masked position (on a small model it is
+            # close to half of a forward's compute).
+            row, slot = masked[step_rows, 1:].nonzero(as_tuple=True)  # (M,) each
+            proposed = torch.zeros((width, b - 1), dtype=torch.long, device=device)
+            proposed_log_probs = torch.zeros((width, b - 1), device=device)
+            chosen, chosen_log_probs = choose(head(hidden[row, slot]))  # (M,) each
+            proposed[step_rows[row], slot], proposed_log_probs[step_rows[row], slot] = chosen, chosen_log_probs
+            open_slots = masked[:, 1:]  # (W, b-1)
             confidence = proposed_log_probs.exp().masked_fill(~open_slots, -1.0)
             commit = open_slots & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(open_slots)
-            most_confident = confidence.argmax(dim=1)  # (B,)
-            commit[torch.arange(batch, device=device), most_confident] |= open_slots.any(dim=1)
+            most_confident = confidence.argmax(dim=1)  # (W,)
+            commit[torch.arange(width, device=device), most_confident] |= open_slots.any(dim=1)
             block[:, 1:] = torch.where(commit, proposed, block[:, 1:])
             block_log_probs[:, 1:] = torch.where(commit, proposed_log_probs, block_log_probs[:, 1:])
             block_steps[:, 1:] = torch.where(commit, step, block_steps[:, 1:])
             # Once a stop token is committed, what follows it in the block is not part of the answer.
-            stopped = torch.isin(block, stop_ids).long().cummax(dim=1).values.bool()  # (B, b)
+            stopped = torch.isin(block, stop_ids).long().cummax(dim=1).values.bool()  # (W, b)
             after_stop = stopped & ~torch.isin(block, stop_ids)
             filled = after_stop & (block == mask_id)
             block = block.masked_fill(filled, pad_id)
             block_steps = block_steps.masked_fill(filled, step)
             step += 1
         span = slice(k * b, (k + 1) * b)
-        tokens[:, span], log_probs[:, span], steps[:, span] = block, block_log_probs, block_steps
-        done |= torch.isin(block, stop_ids).any(dim=1)
-        if bool(done.all()) or k == num_blocks - 1:
+        tokens[rows, span], log_probs[rows, span], steps[rows, span] = block, block_log_probs, block_steps
+        going = ~torch.isin(block, stop_ids).any(dim=1)  # (W,)
+        if not bool(going.any()) or k == num_blocks - 1:
             break
-        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **kwargs)
+        if not bool(going.all()):
+            # Rows that stopped leave the batch: later forwards no longer compute them.
+            kept = going.nonzero().squeeze(1)
+            cache.batch_select_indices(kept)
+            rows, block, mask, block_positions = rows[kept], block[kept], mask[kept], block_positions[kept]
+            key_valid, next_position = key_valid[kept], next_position[kept]
+        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **{cache_argument: cache, "use_cache": True})
         forwards += 1
-        nfe += ~done
-        key_valid = torch.cat([key_valid, torch.ones((batch, b), dtype=torch.bool, device=device)], dim=1)
+        nfe[rows] += 1
+        key_valid = torch.cat([key_valid, torch.ones((len(rows), b), dtype=torch.bool, device=device)], dim=1)
         next_position = next_position + b
         first, first_log_prob = choose(out.logits[:, -1])
 

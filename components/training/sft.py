@@ -179,14 +179,20 @@ def encode_sft_example(
 
 
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, Tensor]:
-    """Right-pad encoded examples into a batch.
+    """Left-pad encoded examples into a batch.
+
+    Left padding lines every row's completion up at the end of the batch, so the loss computes
+    logits only over the last (longest completion) positions: right padding would leave each
+    row's completion where its prompt ends, and the vocabulary projection over the columns in
+    between is a large share of a small model's step.
 
     Args:
         examples: the batch's examples.
         pad_id: the id padding takes; padded positions get attention 0 and weight 0.
 
     Returns:
-        ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, ``loss_weights`` (B, T) float,
+        ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, ``position_ids`` (B, T) long
+        (each row counts from 0 at its first real token), ``loss_weights`` (B, T) float,
         ``segments`` (B, T) long (``PROMPT`` on padding), ``num_tokens`` (B,) long, the count of
         tokens with a non-zero weight, and ``loss_weight`` (B,), their summed weight (the loss's
         normaliser, so accumulation and DDP weigh rows as one batch would).
@@ -199,11 +205,12 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, Tensor
         "segments": torch.full((len(examples), width), PROMPT, dtype=torch.long),
     }
     for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        batch["input_ids"][row, :n] = torch.tensor(example.input_ids)
-        batch["attention_mask"][row, :n] = 1
-        batch["loss_weights"][row, :n] = torch.tensor(example.loss_weights)
-        batch["segments"][row, :n] = torch.tensor(example.segments)
+        start = width - len(example.input_ids)
+        batch["input_ids"][row, start:] = torch.tensor(example.input_ids)
+        batch["attention_mask"][row, start:] = 1
+        batch["loss_weights"][row, start:] = torch.tensor(example.loss_weights)
+        batch["segments"][row, start:] = torch.tensor(example.segments)
+    batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
     batch[TOKENS_KEY] = (batch["loss_weights"] != 0).sum(dim=1)
     batch[LOSS_WEIGHT_KEY] = batch["loss_weights"].sum(dim=1)
     return batch
@@ -222,13 +229,16 @@ def weighted_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor
         reports the same keys).
     """
     # Position t predicts token t + 1. Logits are computed only from the first position that predicts
-    # a completion token in any row: the prompt positions before it carry no loss, and on a small
-    # model the vocabulary projection over them is a large share of the step's compute.
+    # a completion token in any row (completions end together, see ``collate``): the prompt
+    # positions before it carry no loss.
     scored = ((batch["loss_weights"][:, 1:] != 0) | (batch["segments"][:, 1:] != PROMPT)).any(dim=0)  # (T-1,)
     first = int(scored.nonzero()[0, 0]) if bool(scored.any()) else 0
     width = batch["input_ids"].shape[1]
     logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=width - first
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=width - first,
     ).logits  # (B, T - first, V): positions first .. T-1
     targets = batch["input_ids"][:, first + 1 :]  # (B, T-1-first)
     weights = batch["loss_weights"][:, first + 1 :].float()

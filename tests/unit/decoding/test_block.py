@@ -69,12 +69,41 @@ def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts
     assert decoded.token_ids[0] == reference
 
 
-def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts):
-    batch = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.9, stop_token_ids=[])
+@pytest.mark.parametrize("threshold", [0.9, 0.05])
+def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts, threshold):
+    batch = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[])
     for i, prompt in enumerate(prompts):
-        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.9, stop_token_ids=[])
+        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=threshold, stop_token_ids=[])
         assert batch.token_ids[i] == alone.token_ids[0]
         assert batch.commit_steps[i] == alone.commit_steps[0]
+        assert batch.sequence_forward_passes[i] == alone.sequence_forward_passes[0]
+
+
+def test_rows_that_finish_early_sit_out_the_forwards_of_the_others(model, tokenizer, prompts):
+    # At a low tau rows finish a block in different numbers of steps, and a row that stops leaves
+    # the batch: the batch's forwards then cover fewer rows than width x forwards, yet every row
+    # decodes what it decodes alone (above).
+    free = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[])
+    # A token only the first row decodes, after its first block: that row stops while the rest go on.
+    stop = next(t for t in free.token_ids[0][BLOCK:] if t not in free.token_ids[0][:BLOCK] and all(t not in row for row in free.token_ids[1:]))
+    widths: list[int] = []
+    decoder = model.get_decoder()  # every forward (prefill, denoising step, block commit) runs it once
+    forward = decoder.forward
+
+    def recording_forward(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    decoder.forward = recording_forward
+    try:
+        out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[stop])
+    finally:
+        del decoder.forward
+    assert len(widths) == out.forward_passes and min(widths) < len(prompts)
+    assert sum(widths) == sum(out.sequence_forward_passes)  # each row is computed exactly when it counts a forward
+    for i, prompt in enumerate(prompts):
+        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.05, stop_token_ids=[stop])
+        assert out.token_ids[i] == alone.token_ids[0]
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.3, 0.02])

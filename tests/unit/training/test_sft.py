@@ -130,16 +130,17 @@ def test_too_long_example_raises_with_its_length(tokenizer, catalog) -> None:
     assert len(encode_sft_example(tokenizer, messages, reasoning, ranking, CFG, max_length=length).input_ids) == length
 
 
-def test_collate_right_pads_and_masks() -> None:
+def test_collate_left_pads_and_masks() -> None:
     examples = [
         EncodedExample([5, 6, 7], [0.0, 0.5, 1.0], [PROMPT, REASONING, ANSWER]),
         EncodedExample([8, 9], [0.0, 1.0], [PROMPT, ANSWER]),
     ]
     batch = collate(examples, pad_id=1)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 1]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["loss_weights"].tolist() == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
-    assert batch["segments"].tolist() == [[PROMPT, REASONING, ANSWER], [PROMPT, ANSWER, PROMPT]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [1, 8, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+    assert batch["loss_weights"].tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 1.0]]
+    assert batch["segments"].tolist() == [[PROMPT, REASONING, ANSWER], [PROMPT, PROMPT, ANSWER]]
     assert batch[TOKENS_KEY].tolist() == [2, 1]
     assert batch[LOSS_WEIGHT_KEY].tolist() == [1.5, 1.0]
 
@@ -152,12 +153,12 @@ class _FixedLogits(nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> SimpleNamespace:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, logits_to_keep: int = 0) -> SimpleNamespace:
         return SimpleNamespace(logits=self.logits[:, -logits_to_keep:])
 
 
 def test_weighted_loss_matches_hand_computation() -> None:
-    # Vocabulary of 3; row 0 = [prompt 0, reasoning 2], row 1 = [prompt 1, answer 0, pad].
+    # Vocabulary of 3; row 0 = [prompt 0, reasoning 2], row 1 = [prompt 1, answer 0].
     batch = collate(
         [EncodedExample([0, 2], [0.0, 0.5], [PROMPT, REASONING]), EncodedExample([1, 0], [0.0, 2.0], [PROMPT, ANSWER])],
         pad_id=0,
@@ -205,7 +206,22 @@ def test_loss_skips_leading_prompt_positions_without_changing_the_value(tokenize
     batch = collate(examples, tokenizer.pad_token_id)
     loss, extras = weighted_lm_loss(model, batch)
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
     weights = batch["loss_weights"][:, 1:]
     assert loss.item() == pytest.approx(((nll * weights).sum() / weights.sum()).item(), rel=1e-5)
+
+
+def test_padding_does_not_change_a_rows_loss(tokenizer, catalog) -> None:
+    """The batch loss is the weighted mean of what each example scores alone, unpadded."""
+    from components.config import ModelConfig
+    from components.modeling import build_model
+
+    model = build_model(ModelConfig(max_length=1024), tokenizer, seed=0)
+    examples = [encode_sft_example(tokenizer, *make_example(catalog, start), CFG, max_length=512) for start in range(2)]
+    examples.append(encode_sft_example(tokenizer, messages_with_longer_prompt(catalog), "short", catalog.sids(["i1", "i2"]), CFG, 512))
+    loss, _ = weighted_lm_loss(model, collate(examples, tokenizer.pad_token_id))
+    alone = [weighted_lm_loss(model, collate([example], tokenizer.pad_token_id))[0] for example in examples]
+    weights = [sum(example.loss_weights) for example in examples]
+    expected = sum(w * row_loss.item() for w, row_loss in zip(weights, alone)) / sum(weights)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,179 @@
+"""Where one AR step's and one block step's time goes, on the latest recipe run's models.
+
+    python benchmarks/decode_profile.py [--config configs/tiny.yaml] [--tau 0.9] [--label after]
+
+Decodes the first test prompts greedily with the AR teacher (``components.decoding.generate``) and
+with the final block-diffusion student (``generate_blocks`` at ``--tau``), at batch 1 and 16, and
+splits each call's wall time into: the model forward (decoder and output projection, without
+its KV-cache writes), the KV cache
+(writes, crops), attention-mask construction, token selection, and the rest (Python and small
+tensor ops in the step loop). The split comes from timers wrapped around those functions, so
+the decoders run unchanged. Reports milliseconds per forward pass: a block step costs what its
+row says against the AR row at the same batch size. Appends a section to
+benchmarks/results/decode_profile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers.cache_utils import DynamicCache, DynamicLayer, StaticLayer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_run import REPO_ROOT, run_dgr2  # noqa: E402
+from components import storage  # noqa: E402
+from components.candidates.examples import read_examples  # noqa: E402
+from components.config import load_config  # noqa: E402
+from components.decoding import ar, block  # noqa: E402
+from components.decoding.cache import InPlaceLayer  # noqa: E402
+from components.evaluation.runner import render_prompts  # noqa: E402
+from components.evaluation.stage import evaluation_examples  # noqa: E402
+from components.modeling.factory import load_model  # noqa: E402
+from components.semantic_ids.build import load_catalog  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "decode_profile.md"
+PARTS = ("model forward", "KV cache", "attention mask", "token selection", "rest of the step loop")
+
+
+class Timers:
+    """Seconds per part; nested timers are subtracted from the part they run inside."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[list[float]] = []
+
+    def wrap(self, part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append([0.0])
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                inner = self._stack.pop()[0]
+                self.seconds[part] += elapsed - inner
+                if self._stack:
+                    self._stack[-1][0] += elapsed
+
+        return timed
+
+
+@contextmanager
+def instrumented(timers: Timers, models: list[torch.nn.Module]) -> Iterator[None]:
+    """Timers around the model forwards, cache writes and crops, mask building and token choice."""
+    patches = [(layer, "update", "KV cache") for layer in (DynamicLayer, StaticLayer, InPlaceLayer)] + [
+        (DynamicCache, "crop", "KV cache"),
+        (block, "block_step_mask", "attention mask"),
+        (ar, "choose_tokens", "token selection"),
+        (block, "choose_tokens", "token selection"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, part in patches:
+        setattr(owner, name, timers.wrap(part, getattr(owner, name)))
+    # The block decoder's denoising steps run the decoder and the output projection directly.
+    modules = [part for model in models for part in (model, model.get_decoder(), model.get_output_embeddings())]
+    for module in modules:
+        module.forward = timers.wrap("model forward", module.forward)
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        for module in modules:
+            del module.forward
+
+
+def _profile(decode: Callable[[list[str]], Any], prompts: list[str], models: list[torch.nn.Module]) -> dict[str, Any]:
+    decode(prompts[:1])  # warm-up
+    timers = Timers()
+    with instrumented(timers, models):
+        started = time.perf_counter()
+        generation = decode(prompts)
+        total = time.perf_counter() - started
+    forwards = generation.forward_passes
+    row = {part: 1000 * timers.seconds[part] / forwards for part in PARTS[:-1]}
+    row[PARTS[-1]] = 1000 * (total - sum(timers.seconds.values())) / forwards
+    return {
+        "ms": row,
+        "ms_per_forward": 1000 * total / forwards,
+        "forwards": forwards,
+        "tokens_per_forward": generation.tokens_per_forward,
+        "tokens_per_s": generation.output_tokens / total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--tau", type=float, default=0.9)
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per batch size (batch 1 decodes a quarter of them)")
+    parser.add_argument("--label", default="", help="a name for this section of the results file")
+    args = parser.parse_args()
+    cfg = load_config(REPO_ROOT / args.config)
+    _, data = run_dgr2("data", args.config, [])
+    _, summary = run_dgr2("report", args.config, [])
+    outputs, work_dir = data["outputs"], cfg.storage.work_dir
+    teacher, tokenizer, _ = load_model(storage.fetch_dir(summary["teacher_model_uri"], work_dir))
+    student, _, _ = load_model(storage.fetch_dir(summary["models"]["CFT+OPD+RL"], work_dir))
+    catalog = load_catalog(outputs["dataset_uri"], outputs["sid_uri"], work_dir)
+    test = evaluation_examples(read_examples(outputs["examples_uri"], work_dir), cfg)["test"].head(args.prompts)
+    prompts = render_prompts(tokenizer, test, catalog, cfg.prompts)
+    new_tokens = cfg.evaluation.max_new_tokens
+
+    rows = []
+    for batch_size, count in ((1, max(1, args.prompts // 4)), (16, args.prompts)):
+        ar_row = _profile(lambda p: ar.generate(teacher, tokenizer, p, new_tokens, batch_size=batch_size), prompts[:count], [teacher])
+        block_row = _profile(
+            lambda p: block.generate_blocks(student, tokenizer, p, new_tokens, threshold=args.tau, batch_size=batch_size),
+            prompts[:count],
+            [student],
+        )
+        rows += [(batch_size, "AR step", ar_row), (batch_size, f"block step, tau {args.tau}", block_row)]
+
+    header = "| batch | step | " + " | ".join(f"{part} ms" for part in PARTS) + " | ms per forward | forwards | tokens per forward | tokens/s |"
+    lines = [
+        f"\n## {args.label or 'profile'}: {datetime.now(timezone.utc).date()}, commit {_commit()}\n",
+        f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau}`; {platform.processor() or platform.machine()}, "
+        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"block size {student.config.bd_block_size}, max new tokens {new_tokens}; milliseconds per forward pass.\n",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for batch_size, name, row in rows:
+        parts = " | ".join(f"{row['ms'][part]:.2f}" for part in PARTS)
+        lines.append(
+            f"| {batch_size} | {name} | {parts} | {row['ms_per_forward']:.2f} | {row['forwards']} | {row['tokens_per_forward']:.2f} | {row['tokens_per_s']:,.0f} |"
+        )
+    for batch_size in (1, 16):
+        ar_row, block_row = (row for b, _, row in rows if b == batch_size)
+        lines.append(
+            f"\nBatch {batch_size}: a block step costs {block_row['ms_per_forward'] / ar_row['ms_per_forward']:.2f} AR steps; "
+            f"block decoding runs at {block_row['tokens_per_s'] / ar_row['tokens_per_s']:.2f}x AR."
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Where a decoding step's time goes: AR teacher against block-diffusion student\n")
+    with RESULTS.open("a") as results:
+        results.write(text)
+
+
+def _commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+
+if __name__ == "__main__":
+    main()
