@@ -77,7 +77,8 @@ def _decode_batch(
     batch = ids.shape[0]
     positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
     cache = InPlaceCache()
-    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **{cache_argument: cache, "use_cache": True})
+    cached = {cache_argument: cache, "use_cache": True}
+    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **cached)
     never_mask = token_flags(out.logits.shape[-1], mask_id, device)  # (V,)
 
     def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +124,7 @@ def _decode_batch(
                 # Only the rows with masked positions left run this step, over a copy of their
                 # cache rows (the step's keys and values are thrown away after it anyway).
                 step_rows = active.nonzero().squeeze(1)
-                step_cache = cache.select_rows(step_rows, spare=b)
+                step_cache = cache.select_rows(step_rows)
             hidden = decoder(
                 input_ids=block[step_rows],
                 attention_mask=mask[step_rows],
@@ -165,7 +166,7 @@ def _decode_batch(
             cache.batch_select_indices(kept)
             rows, block, mask, block_positions = rows[kept], block[kept], mask[kept], block_positions[kept]
             key_valid, next_position = key_valid[kept], next_position[kept]
-        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **{cache_argument: cache, "use_cache": True})
+        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **cached)
         forwards += 1
         nfe[rows] += 1
         key_valid = torch.cat([key_valid, torch.ones((len(rows), b), dtype=torch.bool, device=device)], dim=1)

@@ -32,7 +32,7 @@ class InPlaceLayer(DynamicLayer):
         capacity = max(length + MIN_SPARE, 2 * (0 if self._key_buffer is None else self._key_buffer.shape[-2]))
         shape = (*like.shape[:-2], capacity, like.shape[-1])
         keys, values = like.new_empty(shape), like.new_empty(shape)
-        filled = self.keys.shape[-2] if self.keys.numel() else 0
+        filled = self.get_seq_length()
         if filled:
             keys[..., :filled, :] = self.keys
             values[..., :filled, :] = self.values
@@ -62,21 +62,13 @@ class InPlaceCache(DynamicCache):
     def __init__(self) -> None:
         Cache.__init__(self, layer_class_to_replicate=InPlaceLayer)
 
-    def select_rows(self, indices: torch.Tensor, spare: int) -> InPlaceCache:
-        """A new cache holding copies of batch rows ``indices``, with room for ``spare`` more positions.
+    def select_rows(self, indices: torch.Tensor) -> InPlaceCache:
+        """A new cache holding copies of batch rows ``indices`` (with the usual spare room).
 
         The block decoder runs a denoising step on the rows that still have masked positions
         through such a copy: the step's keys and values are thrown away after it anyway.
         """
         selected = InPlaceCache()
-        for layer in self.layers:
-            filled = layer.get_seq_length()
-            row = InPlaceLayer()
-            row.lazy_initialization(layer.keys, layer.values)
-            keys, values = layer.keys[indices], layer.values[indices]
-            row._reserve(filled + spare, keys)
-            row._key_buffer[..., :filled, :] = keys
-            row._value_buffer[..., :filled, :] = values
-            row.keys, row.values = row._key_buffer[..., :filled, :], row._value_buffer[..., :filled, :]
-            selected.layers.append(row)
+        for index, layer in enumerate(self.layers):
+            selected.update(layer.keys[indices], layer.values[indices], index)
         return selected

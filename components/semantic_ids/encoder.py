@@ -18,6 +18,7 @@ import pandas as pd
 ENCODER_NAME = "all-MiniLM-L6-v2"
 # 2**-16 ~ 1.5e-5: far below what separates two items, far above float64 rounding error.
 GRID_BITS = 16
+GRID_SCALE = float(2**GRID_BITS)
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:
@@ -29,8 +30,7 @@ def item_texts(items: pd.DataFrame) -> list[str]:
 
 def to_grid(values: np.ndarray) -> np.ndarray:
     """``values`` rounded to the nearest multiple of 2**-GRID_BITS (float32 holds these exactly for |v| < 256)."""
-    scale = float(2**GRID_BITS)
-    return (np.round(np.asarray(values, dtype=np.float64) * scale) / scale).astype(np.float32)
+    return (np.round(np.asarray(values, dtype=np.float64) * GRID_SCALE) / GRID_SCALE).astype(np.float32)
 
 
 def encode_texts(texts: list[str], batch_size: int) -> np.ndarray:

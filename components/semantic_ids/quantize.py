@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.config import ConfigError
-from components.semantic_ids.encoder import GRID_BITS
+from components.semantic_ids.encoder import GRID_SCALE
 
 
 @dataclass
@@ -29,27 +29,26 @@ def _scores(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return (centroids**2).sum(axis=1)[None, :] - 2.0 * (points @ centroids.T)
 
 
-def _squared_distances(points: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """(n,) int64 squared distances to one center, exact."""
-    return ((points - center) ** 2).sum(axis=1).astype(np.int64)
+def _squared_distances(points: np.ndarray, squares: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(len(centers), n) int64 squared distances from points ``centers`` (indices) to every point:
+    ||p||^2 + ||c||^2 - 2 p.c, exact on integer-valued inputs (``squares``: every ||p||^2)."""
+    return (squares[None, :] + squares[centers][:, None] - 2.0 * (points[centers] @ points.T)).astype(np.int64)
 
 
 def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding, sampling with integer arithmetic so the draw is the same on every machine."""
+    squares = (points**2).sum(axis=1)
     centers = [int(rng.integers(len(points)))]
-    closest = _squared_distances(points, points[centers[0]])
+    closest = _squared_distances(points, squares, np.array(centers))[0]
     # Greedy k-means++ (as sklearn): draw a few candidates, keep the one that lowers the potential most.
     trials = 2 + int(np.log(k))
-    squares = (points**2).sum(axis=1)
     for _ in range(1, k):
         cumulative = np.cumsum(closest)
         if cumulative[-1] == 0:  # fewer distinct points than k: any point will do
             centers.append(int(rng.integers(len(points))))
             continue
         candidates = np.searchsorted(cumulative, rng.integers(cumulative[-1], size=trials), side="right")
-        # (trials, n) exact squared distances: ||p||^2 + ||c||^2 - 2 p.c, integers below 2**53
-        distances = (squares[None, :] + squares[candidates][:, None] - 2.0 * (points[candidates] @ points.T)).astype(np.int64)
-        potentials = np.minimum(closest[None, :], distances)
+        potentials = np.minimum(closest[None, :], _squared_distances(points, squares, candidates))  # (trials, n)
         best = int(potentials.sum(axis=1).argmin())
         centers.append(int(candidates[best]))
         closest = potentials[best]
@@ -64,12 +63,13 @@ def _exact_kmeans(points: np.ndarray, k: int, iterations: int, seed: int) -> tup
     """
     centroids = _kmeans_plus_plus(points, k, np.random.default_rng(seed))
     assignment = np.full(len(points), -1)
+    squares = (points**2).sum(axis=1)
     for _ in range(iterations):
         scores = _scores(points, centroids)
         new_assignment = scores.argmin(axis=1)
         counts = np.bincount(new_assignment, minlength=k)
         # An empty cluster takes the point farthest from its centroid (as sklearn relocates).
-        own = scores[np.arange(len(points)), new_assignment] + (points**2).sum(axis=1)
+        own = scores[np.arange(len(points)), new_assignment] + squares
         while (counts == 0).any():
             empty = int(np.flatnonzero(counts == 0)[0])
             farthest = int(np.where(counts[new_assignment] > 1, own, -1.0).argmax())
@@ -91,14 +91,13 @@ def residual_kmeans(embeddings: np.ndarray, levels: int, codebook_size: int, ite
     The embeddings are taken on the encoder's 2**-GRID_BITS grid and scaled to integers, so the
     codes depend only on the embeddings, not on the machine (see ``_exact_kmeans``).
     """
-    scale = float(2**GRID_BITS)
-    residual = np.round(np.asarray(embeddings, dtype=np.float64) * scale)
+    residual = np.round(np.asarray(embeddings, dtype=np.float64) * GRID_SCALE)
     codes, codebooks = [], []
     for level in range(levels):
         k = min(codebook_size, len(residual))
         assignment, centroids = _exact_kmeans(residual, k, iterations, seed + level)
         codes.append(assignment)
-        codebooks.append((centroids / scale).astype(np.float32))
+        codebooks.append((centroids / GRID_SCALE).astype(np.float32))
         residual = residual - centroids[assignment]  # (n, dim): what the next level must explain
     return np.stack(codes, axis=1), codebooks
 
