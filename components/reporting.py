@@ -208,6 +208,14 @@ def _summary_markdown(summary: dict[str, Any], title: str) -> str:
                 + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items())
             )
         lines.append("")
+    if summary.get("vs_teacher"):
+        lines += [f"Against the AR teacher ({summary['teacher_label']}), paired on the same test-sample users:", ""]
+        lines += [
+            f"- {name} - teacher (n={diff['n']:,}): "
+            + ", ".join(f"{m} {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" for m, d in diff.items() if m != "n")
+            for name, diff in summary["vs_teacher"].items()
+        ]
+        lines.append("")
     if summary.get("sweep"):
         lines += [f"## Threshold sweep of {summary['final']} (test)", "", sweep_table(summary), ""]
     if summary.get("speed"):

@@ -295,7 +295,7 @@ def recipe_flow(
         teacher = run_teacher(config, *inputs, run, start.get("teacher", ""))
         teacher_uri = teacher_model(teacher)
         diffusion = run_diffusion(config, teacher_uri, *inputs, teacher["traces_uri"], run, until, start.get("student", ""))
-        summary = {"dataset_version": data["dataset_version"], "until": until, "warm_start": start} | recipe_summary(teacher, diffusion, teacher_uri)
+        summary = {"dataset_version": data["dataset_version"], "until": until, "warm_start": start} | recipe_summary(teacher, diffusion, teacher_uri, config.evaluation)
         if lineage is not None:
             summary |= _register_and_promote(config, summary, lineage, run, inputs, outputs.get("feature_store_dir"))
             summary["tracking"] = {

@@ -21,12 +21,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from components.decoding.cache import InPlaceCache
 from components.modeling.tokenizer import IM_END
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +179,24 @@ class DecodeSetup:
         stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
         return cls(stop_ids, pad_id, prompt_ids, generator, cache_keyword(model))
 
+    def length_order(self) -> list[int]:
+        """Prompt indices, longest prompt first: batches cut from this order hold prompts of
+        similar length, so little of their prefill and attention is padding."""
+        return sorted(range(len(self.prompt_ids)), key=lambda i: -len(self.prompt_ids[i]))
+
     def texts(self, tokenizer: PreTrainedTokenizerBase, token_ids: list[list[int]]) -> list[str]:
         """The completions as text: special tokens removed (SID tokens kept), the stop token left out."""
         stop_set = set(self.stop_ids.tolist())
         bodies = [row[:-1] if row and row[-1] in stop_set else row for row in token_ids]
         return tokenizer.batch_decode(bodies, skip_special_tokens=True)
+
+
+def in_prompt_order(order: list[int], rows: list[T]) -> list[T]:
+    """``rows``, given in ``order`` (prompt indices), put back in prompt order."""
+    placed: list[T] = [None] * len(rows)  # type: ignore[list-item]
+    for index, row in zip(order, rows, strict=True):
+        placed[index] = row
+    return placed
 
 
 @contextmanager
@@ -333,11 +349,12 @@ def generate(
     token_ids: list[list[int]] = []
     logprobs: list[list[float]] = []
     forward_passes = 0
+    order = setup.length_order()
     with eval_mode(model):
-        for first in range(0, len(prompt_ids), batch_size):
+        for first in range(0, len(order), batch_size):
             rows, row_log_probs, forwards = _generate_batch(
                 model,
-                prompt_ids[first : first + batch_size],
+                [prompt_ids[i] for i in order[first : first + batch_size]],
                 max_new_tokens,
                 temperature,
                 top_p,
@@ -351,4 +368,5 @@ def generate(
             token_ids += rows
             logprobs += row_log_probs
             forward_passes += forwards
+    token_ids, logprobs = in_prompt_order(order, token_ids), in_prompt_order(order, logprobs)
     return Generation(setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start)

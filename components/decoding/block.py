@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, left_pad
+from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, in_prompt_order, left_pad
 from components.decoding.cache import InPlaceCache
 from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, token_flags
 
@@ -234,11 +234,12 @@ def generate_blocks(
     block_ids: list[list[int]] = []
     block_steps: list[list[int]] = []
     forward_passes = 0
+    order = setup.length_order()
     with eval_mode(model):
-        for first in range(0, len(setup.prompt_ids), batch_size):
+        for first in range(0, len(order), batch_size):
             rows, row_log_probs, row_steps, row_nfe, forwards, row_blocks, row_block_steps = _decode_batch(
                 model,
-                setup.prompt_ids[first : first + batch_size],
+                [setup.prompt_ids[i] for i in order[first : first + batch_size]],
                 spec,
                 max_new_tokens,
                 threshold,
@@ -256,6 +257,9 @@ def generate_blocks(
             forward_passes += forwards
             block_ids += row_blocks
             block_steps += row_block_steps
+    token_ids, logprobs, commit_steps, sequence_nfe, block_ids, block_steps = (
+        in_prompt_order(order, rows) for rows in (token_ids, logprobs, commit_steps, sequence_nfe, block_ids, block_steps)
+    )
     return BlockGeneration(
         setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe, block_ids, block_steps
     )

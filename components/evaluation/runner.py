@@ -56,6 +56,24 @@ def sample_slices(examples: pd.DataFrame, score: Callable[[np.ndarray], dict[str
     return {name: score(rows) | {"examples_digest": examples_digest(examples.iloc[rows])} for name, rows in slices.items()}
 
 
+def paired_comparison(report: dict[str, Any], reference: dict[str, Any], cfg: EvaluationConfig) -> dict[str, Any] | None:
+    """Paired bootstrap CIs of (report - reference) on the test sample both scored.
+
+    Args:
+        report, reference: two evaluations' metrics (``{"test": {"test_sample": slice, ...}}``).
+        cfg: bootstrap samples, confidence and seed.
+
+    Returns:
+        ``n`` and, per metric of ``FLOOR_COMPARISON_METRICS``, ``{"mean", "ci_low", "ci_high"}``;
+        None when either has no test-sample slice or they scored different examples.
+    """
+    mine, theirs = report.get("test", {}).get("test_sample"), reference.get("test", {}).get("test_sample")
+    if mine is None or theirs is None or mine["examples_digest"] != theirs["examples_digest"]:
+        return None
+    ranks, reference_ranks = np.asarray(mine["target_ranks"]), np.asarray(theirs["target_ranks"])
+    return {"n": len(ranks)} | {m: paired_difference_ci(ranks, reference_ranks, m, cfg) for m in FLOOR_COMPARISON_METRICS}
+
+
 def examples_digest(examples: pd.DataFrame) -> str:
     """A short hash of which examples (user and target position) are scored, in order."""
     keys = "\n".join(f"{u}\t{p}" for u, p in zip(examples["user_id"], examples["target_position"]))

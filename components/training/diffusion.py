@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from components import storage
-from components.config import Config
+from components.config import Config, EvaluationConfig
+from components.evaluation.runner import paired_comparison
 from components.evaluation.speed import compare_speed
 from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion
 from components.modeling.factory import load_model, save_model
@@ -244,11 +245,21 @@ def run_diffusion(
     return {"models": models, "evaluations": evaluations, "sweep": sweep, "final": final, "speed": speed} | summarize_stages(stages)
 
 
-def recipe_summary(teacher: dict[str, Any], diffusion: dict[str, Any], teacher_uri: str) -> dict[str, Any]:
+def recipe_summary(teacher: dict[str, Any], diffusion: dict[str, Any], teacher_uri: str, cfg: EvaluationConfig) -> dict[str, Any]:
     """One summary of :func:`components.training.teacher.run_teacher` and :func:`run_diffusion`:
-    every model's tau = 1 evaluation side by side, the final model's sweep and speed, all stages."""
+    every model's tau = 1 evaluation side by side, the final model's sweep and speed, all stages,
+    and ``vs_teacher``: each block-diffusion evaluation (the sweep's too) against the AR teacher's,
+    paired on the test-sample users both scored (the papers' claim is that the student keeps its
+    teacher's accuracy)."""
+    teacher_label = next(label for label, uri in teacher["models"].items() if uri == teacher_uri)
+    students = diffusion["evaluations"] | {
+        f"{diffusion['final']} (tau={tau})": report for tau, report in diffusion["sweep"].items() if float(tau) != 1.0
+    }
+    compared = {label: paired_comparison(report, teacher["evaluations"][teacher_label], cfg) for label, report in students.items()}
     return {
         "teacher_model_uri": teacher_uri,
+        "teacher_label": teacher_label,
+        "vs_teacher": {label: comparison for label, comparison in compared.items() if comparison is not None},
         "models": teacher["models"] | diffusion["models"],
         "evaluations": teacher["evaluations"] | diffusion["evaluations"],
         "final": diffusion["final"],

@@ -87,6 +87,11 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
         assert summary["evaluations"][label]["test"]["all"]["n"] == (300 if final else 50)
         if final:
             assert summary["evaluations"][label]["test"]["test_sample"]["n"] == 100
+    # Only the models scored on the teacher's users are paired with it: the final one at tau = 1
+    # (the sweep's tau 0.5 and the intermediate models are on the quick scope).
+    assert summary["teacher_label"] == "SFT+RL" and set(summary["vs_teacher"]) == {"CFT+OPD+RL"}
+    versus = summary["vs_teacher"]["CFT+OPD+RL"]
+    assert versus["n"] == 100 and versus["recall_at_1"]["ci_low"] <= versus["recall_at_1"]["mean"] <= versus["recall_at_1"]["ci_high"]
     assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
     assert set(summary["sweep"]) == {str(t) for t in THRESHOLDS}
     for batch in ("batch_1", "batch_16"):
@@ -105,6 +110,7 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     assert list(latest["evaluations"]) == list(summary["evaluations"]) and list(latest["stages"]) == list(summary["stages"])
     readable = dgr2(["report", "--config", "configs/tiny.yaml", *overrides], workspace)
     assert "Threshold sweep of CFT+OPD+RL" in readable.stdout and "speedup vs AR" in readable.stdout
+    assert "CFT+OPD+RL - teacher (n=100)" in readable.stdout
 
     changed = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--set", "cft.mask_eps=0.01", "--json"], workspace)
     assert changed.returncode == 0, changed.stderr[-3000:]

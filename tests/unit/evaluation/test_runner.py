@@ -8,7 +8,7 @@ import pytest
 from components.config import EvaluationConfig, ModelConfig, PromptConfig
 from components.decoding import generate
 from components.evaluation.metrics import floor_metrics
-from components.evaluation.runner import evaluate_decoder, render_prompts
+from components.evaluation.runner import evaluate_decoder, paired_comparison, render_prompts
 from components.modeling.factory import build_model
 from components.modeling.tokenizer import build_tokenizer
 from components.prompts.render import render_answer, render_messages
@@ -121,6 +121,27 @@ def test_copying_the_pre_rank_order_is_valid_scores_the_floor_and_is_counted():
     assert result["all"]["copied_pre_rank_rate"] == 1.0
     assert result["all"]["recall_at_1"] == result["all"]["floor"]["recall_at_1"]
     assert result["test_sample"]["floor"]["n"] == 20
+
+
+def test_a_student_is_compared_with_its_teacher_only_on_the_same_users():
+    catalog = fake_catalog()
+    examples = _examples()
+    oracle = [render_answer("t", catalog.sids([t] + [c for c in cs if c != t])) for cs, t in zip(examples["candidates"], examples["target"])]
+    copies = [render_answer("same order", catalog.sids(list(c))) for c in examples["candidates"]]
+
+    def report(texts: list[str], rows: pd.DataFrame) -> dict:
+        return {"test": evaluate_decoder(lambda p: _Generation(texts[: len(p)], 1, 1.0), ["p"] * len(rows), rows, catalog, CFG)}
+
+    teacher, student = report(oracle, examples), report(copies, examples)
+    better = paired_comparison(teacher, student, CFG)
+    sample = examples["in_test_sample"].to_numpy()
+    floor_hits = float((examples["target_pre_rank"].to_numpy()[sample] == 1).mean())
+    assert better["n"] == 20 and better["recall_at_1"]["mean"] == pytest.approx(1.0 - floor_hits)
+    assert better["recall_at_1"]["ci_low"] > 0 and paired_comparison(student, teacher, CFG)["recall_at_1"]["ci_high"] < 0
+    assert paired_comparison(teacher, teacher, CFG)["ndcg_at_3"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    # Another set of users (or none from the test sample) pairs with nothing.
+    assert paired_comparison(report(copies[1:], examples.iloc[1:]), teacher, CFG) is None
+    assert paired_comparison({"test": {"all": teacher["test"]["all"]}}, teacher, CFG) is None
 
 
 def test_evaluation_examples_take_the_configured_users_per_scope():
