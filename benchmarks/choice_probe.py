@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from cli_run import run_dgr2  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.modeling.factory import load_model  # noqa: E402
+from components.prompts.catalog import load_catalog  # noqa: E402
 from components.prompts.render import answer_candidates, render_answer, render_example  # noqa: E402
-from components.semantic_ids.build import load_catalog  # noqa: E402
 from components.traces.analyst import STEP_TITLES  # noqa: E402
 from components.traces.build import read_traces  # noqa: E402
 

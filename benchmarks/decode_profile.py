@@ -40,7 +40,7 @@ from components.decoding.cache import InPlaceLayer  # noqa: E402
 from components.evaluation.runner import render_prompts  # noqa: E402
 from components.evaluation.stage import evaluation_examples  # noqa: E402
 from components.modeling.factory import load_model  # noqa: E402
-from components.semantic_ids.build import load_catalog  # noqa: E402
+from components.prompts.catalog import load_catalog  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "decode_profile.md"
 PARTS = ("model forward", "KV cache", "attention mask", "token selection", "rest of the step loop")

@@ -111,7 +111,7 @@ class PromptConfig(_Section):
     # (benchmarks/results/teacher_tiny-brand-list-long.md).
     list_shared_brands: bool = False
     # A line after the candidates that lists those that other shoppers bought together with history
-    # items (training-split counts from the feature store, components/candidates/co_purchase.py),
+    # items (training-split counts from the feature store, feature_repo/co_purchase.py),
     # most co-purchases first. Co-purchase is the trace teacher's strongest signal (R@1 +0.076
     # over the floor on its own, benchmarks/results/analyst_valid.md), and like the brand list it
     # is a number next to where the model writes. The papers' prompts carry no such line (off there).

@@ -67,7 +67,7 @@ item_features_view = FeatureView(
             description=(
                 "Items co-bought with this one in the training split (every user's interactions but the "
                 "last two), as 'item_id:users' separated by spaces, most first; see "
-                "components/candidates/co_purchase.py."
+                "feature_repo/co_purchase.py."
             ),
         ),
         Field(

@@ -18,7 +18,7 @@ from feature_repo.store import apply_definitions, build_feature_tables, material
 
 # The code part of the name covers this whole directory: a changed view changes what the store holds.
 FEATURES_STAGE = StageSpec(
-    "features", ("features",), ("components/data/ingest", "components/data/events", "feature_repo")
+    "features", ("features",), ("components/data/ingest", "components/data/events", "components/data/splits", "feature_repo")
 )
 # Written last, so its presence means the local store was fully applied and materialized.
 _DONE_FILE = "features.json"

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from components.candidates.co_purchase import co_purchase_neighbors, decode_neighbors, encode_neighbors
-from components.candidates.splits import training_interactions
 from components.config import Config
 from components.data.events import event_times
+from components.data.splits import training_interactions
+from feature_repo.co_purchase import co_purchase_neighbors, decode_neighbors, encode_neighbors
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView

@@ -20,10 +20,10 @@ from components.candidates.build import CANDIDATES_STAGE, build_candidates
 from components.candidates.examples import EXAMPLES_STAGE, build_examples, examples_inputs
 from components.config import Config
 from components.data.ingest import ingest
+from components.reporting import data_summary_markdown
 from components.semantic_ids.build import SEMANTIC_IDS_STAGE, build_semantic_ids
 from feature_repo.stage import FEATURES_STAGE, build_features, features_inputs, features_ready
 from flows.caching import check_cache_key, io_error, output_cache_key, run_stage
-from components.reporting import data_summary_markdown
 
 
 @task(name="ingest", retries=3, retry_delay_seconds=[2, 8, 30], retry_condition_fn=io_error)
@@ -69,9 +69,9 @@ def examples_task(cfg: dict[str, Any], dataset_uri: str, sid_uri: str, candidate
     return build_examples(Config.model_validate(cfg), dataset_uri, sid_uri, candidates_uri, feature_store_dir).to_dict()
 
 
-@task(name="validate-examples", cache_key_fn=check_cache_key(("validation", "candidates"), ("components/data/validation", "components/data/ingest"), ("examples_uri", "dataset_uri")), persist_result=True)
+@task(name="validate-examples", cache_key_fn=check_cache_key(("validation", "candidates"), ("components/candidates/validation", "components/data/validation", "components/data/ingest"), ("examples_uri", "dataset_uri")), persist_result=True)
 def validate_examples_task(cfg: dict[str, Any], examples_uri: str, dataset_uri: str) -> dict[str, Any]:
-    from components.data.validation import validate_examples
+    from components.candidates.validation import validate_examples
 
     return validate_examples(Config.model_validate(cfg), examples_uri, dataset_uri).to_dict()
 

@@ -1,1 +1,2 @@
-"""Baselines scored on the same candidate lists as the re-rankers (SASRec)."""
+"""Baselines scored on the same candidate lists as the re-rankers (the SASRec model of
+``components.candidates.sasrec``, as a Table 1 row)."""

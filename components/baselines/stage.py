@@ -21,22 +21,22 @@ import numpy as np
 import pandas as pd
 
 from components import storage
-from components.baselines.sasrec import SASREC_TRAINING_FIELDS, SASRec, load_sasrec, save_sasrec, score_candidates, train_sasrec
 from components.candidates.examples import read_examples
 from components.candidates.prerank import user_sequences
-from components.candidates.splits import training_interactions
+from components.candidates.sasrec import SASREC_TRAINING_FIELDS, SASRec, load_sasrec, save_sasrec, score_candidates, train_sasrec
 from components.config import Config
 from components.data.ingest import load_dataset
-from components.evaluation.metrics import ranking_metrics
+from components.data.splits import training_interactions
 from components.evaluation.runner import floor_comparison, sample_slices
 from components.evaluation.stage import evaluation_examples
 from components.prompts.answer import FAILURE_CLASSES
+from components.rank_metrics import ranking_metrics
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
 SASREC_MODEL_STAGE = StageSpec(
     "sasrec_model",
     SASREC_TRAINING_FIELDS,
-    ("components/baselines/sasrec", "components/candidates/prerank", "components/candidates/splits", "components/data/ingest"),
+    ("components/candidates/sasrec", "components/candidates/prerank", "components/data/splits", "components/data/ingest"),
 )
 SASREC_STAGE = StageSpec(
     "sasrec",
@@ -44,9 +44,10 @@ SASREC_STAGE = StageSpec(
     (
         "components/baselines",
         "components/candidates/prerank",
-        "components/candidates/splits",
+        "components/data/splits",
         "components/data/ingest",
         "components/evaluation",
+        "components/rank_metrics",
         "components/prompts/answer",
     ),
 )

@@ -1,1 +1,1 @@
-"""Leave-one-out splits, the transition pre-ranker and candidate lists (re-ranking examples)."""
+"""Pre-rankers (transition, SASRec), candidate lists and re-ranking examples, and their validation."""

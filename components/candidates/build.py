@@ -19,12 +19,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from components import storage
-from components.baselines.sasrec import SASREC_TRAINING_FIELDS, score_candidates, train_sasrec
 from components.candidates.prerank import TransitionPreRanker, user_folds, user_sequences
-from components.candidates.splits import leave_one_out_targets
+from components.candidates.sasrec import SASREC_TRAINING_FIELDS, score_candidates, train_sasrec
 from components.config import CandidatesConfig, Config, SasrecConfig
 from components.data.ingest import load_dataset
-from components.evaluation.metrics import floor_metrics
+from components.data.splits import leave_one_out_targets
+from components.rank_metrics import floor_metrics
 from components.stage import StageResult, StageSpec
 
 
@@ -35,7 +35,7 @@ class _CandidatesSpec(StageSpec):
     def output_uri(self, cfg: Config, inputs: dict[str, str]) -> str:
         if cfg.candidates.pre_ranker != "sasrec":
             return super().output_uri(cfg, inputs)
-        with_sasrec = StageSpec(self.name, self.config_sections + SASREC_TRAINING_FIELDS, self.code + ("components/baselines/sasrec",))
+        with_sasrec = StageSpec(self.name, self.config_sections + SASREC_TRAINING_FIELDS, self.code + ("components/candidates/sasrec",))
         return with_sasrec.output_uri(cfg, inputs)
 
 
@@ -44,7 +44,7 @@ class _CandidatesSpec(StageSpec):
 CANDIDATES_STAGE = _CandidatesSpec(
     "candidates",
     ("candidates", "evaluation.bootstrap_samples", "evaluation.confidence", "evaluation.seed"),
-    ("components/candidates", "components/evaluation", "components/data/ingest", "components/data/events"),
+    ("components/candidates", "components/rank_metrics", "components/data/ingest", "components/data/events", "components/data/splits"),
 )
 
 # Random draws per example before rejection; uniform negatives almost never need a second round.

@@ -6,7 +6,7 @@ moment. They are cross-checked against the histories read straight off the inter
 any difference means the point-in-time join leaked or lost items, and the stage fails.
 
 Each example also carries its candidates' co-purchases with its history (training-split counts,
-``components.candidates.co_purchase``), read from the same store's item features, which the
+``feature_repo.co_purchase``), read from the same store's item features, which the
 service reads online; a prompt shows them when ``prompts.list_co_purchases`` is set.
 """
 
@@ -21,18 +21,18 @@ import pandas as pd
 
 from components import storage
 from components.candidates.build import read_candidate_lists
-from components.candidates.co_purchase import candidate_co_purchases, co_purchase_neighbors
 from components.candidates.schema import EXAMPLE_COLUMNS
-from components.candidates.splits import training_interactions
 from components.config import Config
 from components.data.events import event_seconds
 from components.data.ingest import load_dataset
+from components.data.splits import training_interactions
 from components.prompts.render import ItemCatalog, render_example
 from components.semantic_ids.build import read_sids
 from components.stage import StageResult, StageSpec
+from feature_repo.co_purchase import candidate_co_purchases, co_purchase_neighbors
 
 
-EXAMPLES_STAGE = StageSpec("examples", ("candidates", "prompts", "features"), ("components/candidates", "components/prompts", "components/data/ingest", "components/data/events"))
+EXAMPLES_STAGE = StageSpec("examples", ("candidates", "prompts", "features"), ("components/candidates", "components/prompts", "components/data/ingest", "components/data/events", "components/data/splits", "feature_repo/co_purchase"))
 
 
 def examples_inputs(dataset_uri: str, sid_uri: str, candidates_uri: str, feature_store_dir: str | None) -> dict[str, str]:

@@ -1,1 +1,1 @@
-"""Data plane: ingest into content-hashed dataset versions, validation suites, splits."""
+"""Data plane: ingest into content-hashed dataset versions, validation suites, leave-one-out splits."""

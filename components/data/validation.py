@@ -1,4 +1,5 @@
-"""Data validation: Great Expectations suites over a dataset version and over re-ranking examples.
+"""Data validation: Great Expectations suites over a dataset version, and the runner every suite uses
+(the re-ranking examples' suite is ``components.candidates.validation``).
 
 Every suite runs as a GX checkpoint in a file context at ``<work_dir>/gx``; the checkpoint's
 UpdateDataDocsAction rewrites the Data Docs there on every run, pass or fail. Any failed
@@ -28,8 +29,6 @@ from great_expectations.core.expectation_validation_result import ExpectationVal
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from components.candidates.examples import read_examples
-from components.candidates.schema import SPLITS
 from components.config import Config
 from components.data.ingest import load_dataset
 from components.stage import StageResult
@@ -60,7 +59,7 @@ class DataValidationError(RuntimeError):
 
 
 @dataclass
-class _Suite:
+class Suite:
     """Expectations and the frame they are evaluated on (one GX suite, asset and checkpoint)."""
 
     name: str
@@ -88,15 +87,15 @@ def _user_frame(interactions: pd.DataFrame) -> pd.DataFrame:
     return users.reset_index()
 
 
-def _known_items(lists: pd.Series, items: pd.DataFrame) -> pd.Series:
+def known_items(lists: pd.Series, items: pd.DataFrame) -> pd.Series:
     """Per row: whether every item id in the row's list has an item row (true for an empty list)."""
     ids = lists.explode().dropna()
     return pd.Series(~lists.index.isin(ids.index[~ids.isin(items["item_id"])]), index=lists.index)
 
 
-def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame) -> list[_Suite]:
+def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame) -> list[Suite]:
     return [
-        _Suite(
+        Suite(
             "interactions",
             # The check across the two frames. Membership is computed here rather than with
             # ExpectColumnValuesToBeInSet(value_set=<all item ids>): GX copies an expectation's
@@ -110,7 +109,7 @@ def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame
                 gxe.ExpectColumnValuesToBeInSet(column="has_item_row", value_set=[True]),
             ],
         ),
-        _Suite(
+        Suite(
             "users",
             _user_frame(interactions),
             [
@@ -122,7 +121,7 @@ def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame
                 gxe.ExpectColumnValuesToBeInSet(column="timestamps_non_decreasing", value_set=[True]),
             ],
         ),
-        _Suite(
+        Suite(
             "items",
             # A missing title counts as an empty one.
             items.assign(title=items["title"].fillna("")),
@@ -131,69 +130,6 @@ def _dataset_suites(cfg: Config, interactions: pd.DataFrame, items: pd.DataFrame
                 gxe.ExpectColumnValuesToBeUnique(column="item_id"),
                 gxe.ExpectColumnValuesToMatchRegex(
                     column="title", regex=r"\S", mostly=cfg.validation.min_title_coverage
-                ),
-            ],
-        ),
-    ]
-
-
-# --------------------------------------------------------------------------- example suites
-
-
-def _example_frame(examples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """One row per example with the aggregates of its lists that the contract constrains."""
-    candidates = examples["candidates"].map(list)
-    # 1-based index of the target in its candidate list; null when the target is not there.
-    target_rank = [
-        cands.index(target) + 1 if target in cands else None for cands, target in zip(candidates, examples["target"])
-    ]
-    return pd.DataFrame(
-        {
-            "user_id": examples["user_id"],
-            "split": examples["split"],
-            "event_seconds": examples["event_seconds"],
-            "target_pre_rank": examples["target_pre_rank"],
-            "n_candidates": candidates.map(len),
-            "n_distinct_candidates": candidates.map(lambda c: len(set(c))),
-            "target_candidate_rank": pd.array(target_rank, dtype="Int64"),
-            # Null for an empty history: nothing to compare.
-            "latest_history_event_seconds": pd.array(
-                [max(times) if len(times) else None for times in examples["history_event_seconds"]], dtype="Int64"
-            ),
-            # As for interactions, membership in the items frame is computed here (see above).
-            "history_items_known": _known_items(examples["history"], items),
-            "candidates_known": _known_items(examples["candidates"], items),
-        }
-    )
-
-
-def _example_suites(cfg: Config, examples: pd.DataFrame, items: pd.DataFrame) -> list[_Suite]:
-    n = cfg.candidates.num_candidates
-    return [
-        _Suite(
-            "examples",
-            _example_frame(examples, items),
-            [
-                gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-                gxe.ExpectColumnValuesToBeBetween(column="n_candidates", min_value=n, max_value=n),
-                gxe.ExpectColumnValuesToBeBetween(column="n_distinct_candidates", min_value=n, max_value=n),
-                gxe.ExpectColumnValuesToNotBeNull(column="target_candidate_rank"),
-                gxe.ExpectColumnValuesToBeBetween(column="target_pre_rank", min_value=1, max_value=n),
-                # A target missing from its list is the not-null failure above; GX's pandas pair
-                # comparison also cannot evaluate a null in a nullable integer column.
-                gxe.ExpectColumnPairValuesToBeEqual(
-                    column_A="target_pre_rank",
-                    column_B="target_candidate_rank",
-                    ignore_row_if="either_value_is_missing",
-                ),
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A="event_seconds",
-                    column_B="latest_history_event_seconds",
-                    ignore_row_if="either_value_is_missing",
-                ),
-                *(
-                    gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True])
-                    for c in ("history_items_known", "candidates_known")
                 ),
             ],
         ),
@@ -227,7 +163,7 @@ def _failure(suite: str, result: ExpectationValidationResult) -> dict[str, Any]:
     }
 
 
-def _run_suite(context: AbstractDataContext, suite: _Suite) -> tuple[int, list[dict[str, Any]]]:
+def _run_suite(context: AbstractDataContext, suite: Suite) -> tuple[int, list[dict[str, Any]]]:
     """Run one suite on its frame through a checkpoint that also updates the Data Docs.
 
     Every object is added-or-updated under the suite's name, so reruns (in this process or a
@@ -252,7 +188,9 @@ def _run_suite(context: AbstractDataContext, suite: _Suite) -> tuple[int, list[d
     return len(results), [_failure(suite.name, r) for r in results if not r.success]
 
 
-def _run_suites(cfg: Config, suites: list[_Suite]) -> StageResult:
+def run_suites(cfg: Config, suites: list[Suite]) -> StageResult:
+    """Run every suite, then raise :class:`DataValidationError` listing all failures, or return the
+    Data Docs path and the count of expectations evaluated."""
     context = _context(cfg)
     evaluated, failed = 0, []
     for suite in suites:
@@ -282,25 +220,4 @@ def validate_dataset(cfg: Config, dataset_uri: str) -> StageResult:
         DataValidationError: an expectation failed; the Data Docs show the details.
     """
     dataset = load_dataset(dataset_uri, cfg.storage.work_dir)
-    return _run_suites(cfg, _dataset_suites(cfg, dataset.interactions, dataset.items))
-
-
-def validate_examples(cfg: Config, examples_uri: str, dataset_uri: str) -> StageResult:
-    """Validate re-ranking examples against their contract and the dataset they were built from.
-
-    Args:
-        cfg: the run config; ``cfg.candidates.num_candidates`` is the required list length,
-            ``cfg.storage.work_dir`` holds the GX project and its Data Docs.
-        examples_uri: a published directory holding ``examples.parquet``.
-        dataset_uri: the dataset version the examples reference.
-
-    Returns:
-        ``outputs``: ``data_docs_path`` (the local Data Docs index.html); ``metrics``:
-        ``expectations_evaluated`` and ``expectations_failed`` (always 0: a failure raises).
-
-    Raises:
-        DataValidationError: an expectation failed; the Data Docs show the details.
-    """
-    examples = read_examples(examples_uri, cfg.storage.work_dir)
-    items = load_dataset(dataset_uri, cfg.storage.work_dir).items
-    return _run_suites(cfg, _example_suites(cfg, examples, items))
+    return run_suites(cfg, _dataset_suites(cfg, dataset.interactions, dataset.items))

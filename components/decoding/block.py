@@ -56,6 +56,22 @@ class BlockGeneration(Generation):
         return self.output_tokens / max(1, sum(self.sequence_forward_passes))
 
 
+@dataclass
+class _BatchDecode:
+    """One batch's decode: :class:`BlockGeneration`'s per-sequence fields, rows in batch order."""
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    commit_steps: list[list[int]]
+    sequence_forward_passes: list[int]
+    block_token_ids: list[list[int]]
+    block_commit_steps: list[list[int]]
+    forward_passes: int
+
+
+_ROW_FIELDS = ("token_ids", "logprobs", "commit_steps", "sequence_forward_passes", "block_token_ids", "block_commit_steps")
+
+
 def _decode_batch(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
@@ -68,9 +84,8 @@ def _decode_batch(
     stop_ids: torch.Tensor,
     pad_id: int,
     cache_argument: str,
-) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[int], int, list[list[int]], list[list[int]]]:
-    """Decode one batch; returns (token ids, log-probs, commit steps, NFE per sequence, forwards,
-    whole-block token ids, whole-block commit steps)."""
+) -> _BatchDecode:
+    """Decode one batch of prompts."""
     device = stop_ids.device
     b, mask_id = spec.block_size, spec.mask_token_id
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
@@ -182,7 +197,7 @@ def _decode_batch(
         block_rows.append(row[:block_end])
         block_step_rows.append(step_rows[i][:block_end])
         token_rows[i], log_prob_rows[i], step_rows[i] = row[:end], log_prob_rows[i][:end], step_rows[i][:end]
-    return token_rows, log_prob_rows, step_rows, nfe.tolist(), forwards, block_rows, block_step_rows
+    return _BatchDecode(token_rows, log_prob_rows, step_rows, nfe.tolist(), block_rows, block_step_rows, forwards)
 
 
 @torch.inference_mode()
@@ -227,17 +242,10 @@ def generate_blocks(
     if spec.block_size < 2:
         raise ValueError("block size 1 is autoregressive decoding: use components.decoding.ar.generate")
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
-    token_ids: list[list[int]] = []
-    logprobs: list[list[float]] = []
-    commit_steps: list[list[int]] = []
-    sequence_nfe: list[int] = []
-    block_ids: list[list[int]] = []
-    block_steps: list[list[int]] = []
-    forward_passes = 0
     order = setup.length_order()
     with eval_mode(model):
-        for first in range(0, len(order), batch_size):
-            rows, row_log_probs, row_steps, row_nfe, forwards, row_blocks, row_block_steps = _decode_batch(
+        batches = [
+            _decode_batch(
                 model,
                 [setup.prompt_ids[i] for i in order[first : first + batch_size]],
                 spec,
@@ -250,16 +258,12 @@ def generate_blocks(
                 setup.pad_id,
                 setup.cache_argument,
             )
-            token_ids += rows
-            logprobs += row_log_probs
-            commit_steps += row_steps
-            sequence_nfe += row_nfe
-            forward_passes += forwards
-            block_ids += row_blocks
-            block_steps += row_block_steps
-    token_ids, logprobs, commit_steps, sequence_nfe, block_ids, block_steps = (
-        in_prompt_order(order, rows) for rows in (token_ids, logprobs, commit_steps, sequence_nfe, block_ids, block_steps)
-    )
+            for first in range(0, len(order), batch_size)
+        ]
+    rows = {name: in_prompt_order(order, [row for batch in batches for row in getattr(batch, name)]) for name in _ROW_FIELDS}
     return BlockGeneration(
-        setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start, commit_steps, sequence_nfe, block_ids, block_steps
+        texts=setup.texts(tokenizer, rows["token_ids"]),
+        forward_passes=sum(batch.forward_passes for batch in batches),
+        seconds=time.perf_counter() - start,
+        **rows,
     )

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from components.config import EvaluationConfig, PromptConfig
-from components.evaluation.metrics import answer_metrics, answer_ranks, floor_metrics, paired_difference_ci
+from components.evaluation.metrics import answer_metrics, answer_ranks
 from components.prompts.render import ItemCatalog, render_example
+from components.rank_metrics import floor_metrics, paired_difference_ci
 
 # What the comparison with the floor reports (DESIGN: Recall@1 and NDCG@3 are the headline metrics).
 FLOOR_COMPARISON_METRICS = ("recall_at_1", "ndcg_at_3")

@@ -19,7 +19,7 @@ from components.config import Config
 from components.evaluation.runner import render_prompts
 from components.evaluation.stage import evaluation_examples, model_decoder
 from components.modeling.factory import load_model
-from components.semantic_ids.build import load_catalog
+from components.prompts.catalog import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
 SPEED_STAGE = StageSpec("speed", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding"))

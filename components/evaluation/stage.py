@@ -20,13 +20,13 @@ from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
 from components.evaluation.runner import evaluate_decoder, render_prompts
-from components.modeling.block_diffusion import BLOCK_SIZE_KEY
+from components.modeling.block_diffusion import is_block_diffusion
 from components.modeling.factory import load_model
-from components.semantic_ids.build import load_catalog
+from components.prompts.catalog import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
 EVALUATION_STAGE = StageSpec(
-    "evaluation", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding", "components/prompts")
+    "evaluation", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/rank_metrics", "components/decoding", "components/prompts")
 )
 
 
@@ -40,11 +40,6 @@ def evaluation_inputs(
 ) -> dict[str, str]:
     inputs = {"model": model_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
     return inputs | ({"threshold": threshold} if threshold else {}) | ({"scope": scope} if scope else {})
-
-
-def is_block_diffusion(model: Any) -> bool:
-    """Whether ``model`` was converted to block diffusion (and must be decoded block by block)."""
-    return getattr(model.config, BLOCK_SIZE_KEY, None) is not None
 
 
 def model_decoder(model: Any, tokenizer: Any, cfg: Config, threshold: float | None = None, batch_size: int | None = None) -> Any:

@@ -17,6 +17,7 @@ scores and silently mask nothing (research note, block-diffusion section 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +37,11 @@ class BlockDiffusionSpec:
 
     block_size: int
     mask_token_id: int
+
+
+def is_block_diffusion(model: Any) -> bool:
+    """Whether ``model`` was converted to block diffusion (and must be decoded block by block)."""
+    return getattr(model.config, BLOCK_SIZE_KEY, None) is not None
 
 
 def mask_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

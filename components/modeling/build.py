@@ -16,15 +16,16 @@ from components.candidates.examples import read_examples
 from components.config import Config
 from components.modeling.factory import build_model, count_parameters, load_pretrained, save_model
 from components.modeling.tokenizer import build_tokenizer
+from components.prompts.catalog import load_catalog
+from components.prompts.midtrain import candidate_recall_examples, caption_examples, next_item_examples
 from components.prompts.render import ItemCatalog, answer_candidates, render_answer, render_example
-from components.semantic_ids.build import load_catalog, read_sids
+from components.semantic_ids.build import read_sids
 from components.semantic_ids.format import all_sid_tokens
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.build import read_traces
-from components.training.midtrain import candidate_recall_examples, caption_examples, next_item_examples
 
 BASE_MODEL_STAGE = StageSpec(
-    "base_model", ("model", "prompts"), ("components/modeling", "components/prompts", "components/training/midtrain")
+    "base_model", ("model", "prompts"), ("components/modeling", "components/prompts")
 )
 # Prompts sampled into the tokenizer's corpus: they repeat one template, so a few thousand teach
 # BPE everything the rest would.

@@ -17,7 +17,6 @@ import pandas as pd
 from components import storage
 from components.config import Config
 from components.data.ingest import load_dataset
-from components.prompts.render import ItemCatalog
 from components.semantic_ids.encoder import ENCODER_NAME, encode_texts, item_texts
 from components.semantic_ids.format import sid_string
 from components.semantic_ids.quantize import quantize, sid_report
@@ -46,11 +45,6 @@ def _item_embeddings(cfg: Config, dataset_uri: str, items: pd.DataFrame) -> tupl
 def read_sids(sid_uri: str, work_dir: str | Path) -> pd.DataFrame:
     """The published SID table: item_id, codes (list[int]), sid (str)."""
     return pd.read_parquet(storage.fetch_dir(sid_uri, work_dir) / "sids.parquet")
-
-
-def load_catalog(dataset_uri: str, sid_uri: str, work_dir: str | Path) -> ItemCatalog:
-    """Every item of a dataset version with its SID, categories, brand and title."""
-    return ItemCatalog.from_frames(load_dataset(dataset_uri, work_dir).items, read_sids(sid_uri, work_dir))
 
 
 def build_semantic_ids(cfg: Config, dataset_uri: str) -> StageResult:

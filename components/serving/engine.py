@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from components.candidates.co_purchase import candidate_co_purchases, decode_neighbors
 from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
-from components.evaluation.stage import is_block_diffusion
+from components.modeling.block_diffusion import is_block_diffusion
 from components.prompts.answer import parse_answer, ranking_or_fallback
 from components.prompts.render import CatalogItem, ItemCatalog, render_messages
 from components.serving.request import Decoder, RequestError, RerankRequest
+from feature_repo.co_purchase import candidate_co_purchases, decode_neighbors
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.candidates.co_purchase import co_purchase_neighbors
-from components.candidates.splits import training_interactions
 from components.config import AnalystWeights, PromptConfig, TracesConfig
+from components.data.splits import training_interactions
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
 from components.traces.teacher import Proposal
+from feature_repo.co_purchase import co_purchase_neighbors
 
 STEP_TITLES = ("1) Patterns in the history:", "2) Complementary categories and brands:", "3) Final selection:")
 

@@ -17,8 +17,8 @@ from components import storage
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config
 from components.data.ingest import load_dataset
+from components.prompts.catalog import load_catalog
 from components.prompts.render import ItemCatalog
-from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.analyst import AnalystStats, AnalystTeacher, trace_length, training_interactions
 from components.traces.openai_client import OpenAITeacher
@@ -26,7 +26,7 @@ from components.traces.sampling import generate_traces
 from components.traces.teacher import TraceTeacher
 
 # The prompts section decides how the traces cite items and what the chat teacher is asked.
-TRACES_STAGE = StageSpec("traces", ("traces", "prompts"), ("components/traces", "components/prompts"))
+TRACES_STAGE = StageSpec("traces", ("traces", "prompts"), ("components/traces", "components/prompts", "components/data/splits", "feature_repo/co_purchase"))
 
 
 def traces_inputs(dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, str]:

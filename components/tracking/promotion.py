@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from components.config import Config, EvaluationConfig, PromotionConfig
-from components.evaluation.metrics import paired_difference_ci
+from components.rank_metrics import paired_difference_ci
 from components.tracking.registry import ModelVersion, version_by_alias
 from components.tracking.runs import client
 

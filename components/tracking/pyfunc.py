@@ -33,7 +33,7 @@ class ReRankerModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> list[str]:  # noqa: ANN001
         from components.decoding.ar import generate
         from components.decoding.block import generate_blocks
-        from components.evaluation.stage import is_block_diffusion
+        from components.modeling.block_diffusion import is_block_diffusion
 
         # With a column signature MLflow hands the prompts over as a one-column DataFrame.
         frame = getattr(model_input, "iloc", None)

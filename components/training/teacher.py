@@ -23,17 +23,18 @@ from components import storage
 from components.baselines.stage import evaluation_report, run_sasrec
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config, TrainingConfig
+from components.data.ingest import load_dataset
+from components.data.splits import training_interactions
 from components.evaluation.stage import evaluate_model
 from components.modeling.build import build_base_model
-from components.data.ingest import load_dataset
 from components.modeling.factory import load_model, save_model
+from components.prompts.catalog import load_catalog
+from components.prompts.midtrain import candidate_recall_examples, caption_examples, next_item_examples
 from components.prompts.render import ItemCatalog, answer_candidates, render_example
-from components.semantic_ids.build import load_catalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.candidates.splits import training_interactions
 from components.traces.build import build_traces, read_traces
 from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
-from components.training.midtrain import candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
+from components.training.midtrain import encode_pairs
 from components.training.rl import RerankPrompt, ar_policy, dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, ExampleTooLong, collate, encode_sft_example, weighted_lm_loss
 
@@ -44,6 +45,7 @@ _TRAINING_CODE = (
     *(f"components/modeling/{m}" for m in ("factory", "tokenizer", "build")),
     "components/prompts",
     "components/decoding/ar",
+    "components/data/splits",
 )
 MIDTRAIN_STAGE = StageSpec("midtrain", ("midtrain", "training", "candidates", "model"), _TRAINING_CODE)
 SFT_STAGE = StageSpec("sft", ("sft", "training", "prompts", "model"), _TRAINING_CODE)

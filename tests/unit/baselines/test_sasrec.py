@@ -11,10 +11,10 @@ import torch
 
 from components import storage
 from components.baselines import stage as sasrec_stage
-from components.baselines.sasrec import SASRec, left_padded, next_item_states, score_candidates, train_sasrec
 from components.baselines.stage import SCORES_FILE, evaluation_report, run_sasrec, target_ranks
 from components.candidates.build import build_candidate_lists
 from components.candidates.examples import sequence_histories
+from components.candidates.sasrec import SASRec, left_padded, next_item_states, score_candidates, train_sasrec
 from components.config import CandidatesConfig, ConfigError, SasrecConfig, load_config
 from components.evaluation.runner import FLOOR_COMPARISON_METRICS
 from components.reporting import teacher_summary_markdown

@@ -4,8 +4,8 @@ import pytest
 
 from components.candidates.build import build_candidate_lists
 from components.candidates.prerank import TransitionPreRanker
-from components.candidates.splits import leave_one_out_targets
 from components.config import CandidatesConfig
+from components.data.splits import leave_one_out_targets
 
 
 def _interactions(sequences: dict[str, list[str]], start: int = 1_000_000_000) -> pd.DataFrame:

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from components import storage
+from components.candidates.validation import validate_examples
 from components.config import Config
-from components.data.validation import DataValidationError, validate_dataset, validate_examples
+from components.data.validation import DataValidationError, validate_dataset
 
 USERS = ["u1", "u2", "u3"]
 ITEMS = [f"i{k:02d}" for k in range(12)]

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components import rank_metrics as metrics_module
 from components.config import EvaluationConfig
 from components.evaluation import (
     METRIC_NAMES,
@@ -19,7 +20,6 @@ from components.evaluation import (
     ranking_metrics,
     recall_at_k,
 )
-from components.evaluation import metrics as metrics_module
 from components.prompts import render_answer
 from tests.unit.prompts.fakes import fake_catalog
 

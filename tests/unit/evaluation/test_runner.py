@@ -7,11 +7,11 @@ import pytest
 
 from components.config import EvaluationConfig, ModelConfig, PromptConfig
 from components.decoding import generate
-from components.evaluation.metrics import floor_metrics
 from components.evaluation.runner import evaluate_decoder, paired_comparison, render_prompts
 from components.modeling.factory import build_model
 from components.modeling.tokenizer import build_tokenizer
 from components.prompts.render import render_answer, render_messages
+from components.rank_metrics import floor_metrics
 from components.semantic_ids.format import all_sid_tokens
 from tests.unit.prompts.fakes import fake_catalog
 

@@ -12,8 +12,8 @@ import pytest
 import numpy as np
 
 from components.config import EvaluationConfig, PromotionConfig
-from components.evaluation.metrics import ranking_metrics
 from components.evaluation.runner import floor_comparison
+from components.rank_metrics import ranking_metrics
 from components.tracking.promotion import CHALLENGER, CHAMPION, GateMetrics, decide, promote, reason
 from components.tracking.registry import find_version, register, version_by_alias
 from components.tracking.runs import RecipeRuns, client

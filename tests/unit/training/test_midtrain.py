@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from components.prompts import CatalogItem, ItemCatalog
+from components.prompts.midtrain import TextPair, candidate_recall_examples, caption_examples, next_item_examples
 from components.prompts.render import render_answer
-from components.training.midtrain import TextPair, candidate_recall_examples, caption_examples, encode_pairs, next_item_examples
+from components.training.midtrain import encode_pairs
 from components.training.sft import ANSWER, PROMPT, collate
 from tests.unit.training.test_sft import catalog, make_catalog, tokenizer  # noqa: F401 (fixtures)
 

@@ -8,8 +8,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from components.candidates.co_purchase import candidate_co_purchases, co_purchase_neighbors, decode_neighbors, encode_neighbors
-from components.candidates.splits import training_interactions
+from components.data.splits import training_interactions
+from feature_repo.co_purchase import candidate_co_purchases, co_purchase_neighbors, decode_neighbors, encode_neighbors
 
 # Three users; each one's last two items are their valid and test targets, never counted.
 SEQUENCES = {"u1": ["a", "b", "c", "x", "y"], "u2": ["a", "b", "d", "x2", "y2"], "u3": ["b", "c", "a", "x3", "y3"]}
