@@ -165,6 +165,9 @@ class EvaluationConfig(_Section):
     # Test prompts decoded for the speed comparison with the AR decoder, at batch 1 and batch 16.
     speed_prompts_batch1: int = Field(16, ge=1)
     speed_prompts_batch16: int = Field(64, ge=16)
+    # Student forwards per draft of the lossless speculative decoder (the AR teacher verifies each
+    # draft; components/decoding/speculative.py), in the speed comparison and the service.
+    draft_steps: int = Field(1, ge=1)
     # Decoding settings of every evaluation (greedy, as the papers report).
     max_new_tokens: int = Field(320, ge=8)
     decode_batch_size: int = Field(64, ge=1)
@@ -356,6 +359,10 @@ class CftConfig(StageTrainingConfig):
     # Conversion fine-tuning: the masked block-diffusion objective on the SFT traces, weighted
     # lambda_r / lambda_o as in SFT (sft.lambda_*). Per block the mask rate is U(mask_eps, 1).
     mask_eps: float = Field(1e-3, gt=0.0, lt=1.0)
+    # Share of blocks view 1 masks whole, start included, so the model can decode folded (a
+    # block's commit forward shared with the next block's first step; components/decoding/block.py).
+    # 0 keeps the papers' CFT and the unfolded decoder.
+    whole_block_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class TrackingConfig(_Section):

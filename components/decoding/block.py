@@ -12,10 +12,20 @@ The prompt is prefilled causally into the cache; its last logits give the first 
 4. a last forward over the finished block writes its K/V to the cache and predicts the next
    block's first token.
 
+Folded decoding (``fold``) saves that last forward: the finished block (or, for the first block,
+the prompt) and the next block, wholly masked, run in one forward. The finished tokens write their
+K/V exactly as the commit forward would (they never attend to the block after them), the logits at
+the last of them give the block's first token, and the masked positions after it get their first
+proposals, from a state with the first token still masked. That state needs a model trained on
+whole-block masks (CFT's ``whole_block_rate``, recorded as ``BlockDiffusionSpec.fold_commits``).
+The first step commits the block's first token (plus, below ``threshold >= 1``, whatever reaches
+tau), so at ``threshold >= 1`` both decoders commit the same tokens in the same number of forwards.
+
 ``threshold >= 1`` commits exactly one token per step, the papers' quality setting. Sequences
 stop independently: a finished sequence stays in its batch, fed padding that it never commits.
-Each token's commit step is recorded (-1 for a block's first token, decoded autoregressively), and
-each sequence's forward passes (NFE): what OPD and RL replay, and what tokens per forward counts.
+Each token's commit step is recorded (-1 for a block's first token when it is decoded before the
+block's steps, 0 when the folded first step commits it), and each sequence's forward passes
+(NFE): what OPD and RL replay, and what tokens per forward counts.
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.decoding.ar import DecodeSetup, Generation, choose_tokens, eval_mode, in_prompt_order, left_pad
+from components.decoding.ar import DecodeSetup, Generation, choose_tokens, decode_in_batches, eval_mode, left_pad
 from components.decoding.cache import InPlaceCache
-from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, token_flags
+from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, fold_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
 AUTOREGRESSIVE_STEP = -1
@@ -69,9 +79,6 @@ class _BatchDecode:
     forward_passes: int
 
 
-_ROW_FIELDS = ("token_ids", "logprobs", "commit_steps", "sequence_forward_passes", "block_token_ids", "block_commit_steps")
-
-
 def _decode_batch(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
@@ -84,85 +91,108 @@ def _decode_batch(
     stop_ids: torch.Tensor,
     pad_id: int,
     cache_argument: str,
+    fold: bool,
 ) -> _BatchDecode:
-    """Decode one batch of prompts."""
+    """Decode one batch of prompts (``fold``: see the module docstring)."""
     device = stop_ids.device
     b, mask_id = spec.block_size, spec.mask_token_id
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
     batch = ids.shape[0]
     positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
     cache = InPlaceCache()
-    cached = {cache_argument: cache, "use_cache": True}
-    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1, **cached)
-    never_mask = token_flags(out.logits.shape[-1], mask_id, device)  # (V,)
-
-    def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (..., V) logits -> tokens and log-probs; <|mask|> is never a prediction.
-        flat = logits.float().masked_fill(never_mask, float("-inf")).reshape(-1, logits.shape[-1])
-        tokens, log_probs = choose_tokens(flat, temperature, top_p, generator)
-        return tokens.view(logits.shape[:-1]), log_probs.view(logits.shape[:-1])
-
-    first, first_log_prob = choose(out.logits[:, -1])
-    # Denoising steps run the decoder and the output projection apart (see the step below).
+    # Every forward runs the decoder and the output projection apart: the projection runs only
+    # where it predicts a masked position (on a small model it is close to half of a forward).
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    forwards = 1
-    nfe = torch.ones(batch, dtype=torch.long, device=device)  # (B,)
+    never_mask = token_flags(head.weight.shape[0], mask_id, device)  # (V,)
+
+    def run(inputs: torch.Tensor, mask: torch.Tensor, input_positions: torch.Tensor, step_cache: InPlaceCache) -> torch.Tensor:
+        return decoder(
+            input_ids=inputs, attention_mask=mask, position_ids=input_positions, **{cache_argument: step_cache, "use_cache": True}
+        ).last_hidden_state
+
+    def choose(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (N, H) hidden states -> tokens and log-probs; <|mask|> is never a prediction.
+        logits = head(hidden).float().masked_fill(never_mask, float("-inf"))
+        return choose_tokens(logits, temperature, top_p, generator)
+
+    forwards = 0
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+    # The rows still decoding (indices into the batch) and, per such row, the cached positions
+    # that are real tokens and the next position. A row that stops leaves the cache and these.
+    rows = torch.arange(batch, device=device)  # (W,)
+    next_position = positions[:, -1] + 1  # (W,)
+    if fold:
+        # The prompt is committed by the first block's first step; nothing is cached yet.
+        key_valid = torch.zeros((batch, 0), dtype=torch.bool, device=device)  # (W, L)
+        committed, committed_valid, committed_positions, committed_causal = ids, prompt_mask.bool(), positions, True
+    else:
+        key_valid = prompt_mask.bool()
+        first, first_log_prob = choose(run(ids, prompt_mask, positions, cache)[:, -1])
+        forwards, nfe = 1, nfe + 1
+        committed = None
     num_blocks = -(-max_new_tokens // b)
     tokens = torch.full((batch, num_blocks * b), pad_id, dtype=torch.long, device=device)
     log_probs = torch.zeros((batch, num_blocks * b), device=device)
     steps = torch.full((batch, num_blocks * b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
-    # The rows still decoding (indices into the batch) and, per such row, the cached positions
-    # that are real tokens and the next position. A row that stops leaves the cache and these.
-    rows = torch.arange(batch, device=device)  # (W,)
-    key_valid = prompt_mask.bool()  # (W, L)
-    next_position = positions[:, -1] + 1  # (W,)
     offsets = torch.arange(b, device=device)
     for k in range(num_blocks):
         width = len(rows)
         block = torch.full((width, b), mask_id, dtype=torch.long, device=device)  # (W, b)
-        block[:, 0] = first
         block_log_probs = torch.zeros((width, b), device=device)
-        block_log_probs[:, 0] = first_log_prob
         block_steps = torch.full((width, b), AUTOREGRESSIVE_STEP, dtype=torch.long, device=device)
-        # A block that starts with a stop token ends its sequence; nothing after it is decoded.
-        block[:, 1:] = block[:, 1:].masked_fill(torch.isin(first, stop_ids)[:, None], pad_id)
-        mask = block_step_mask(key_valid, b)  # (W, 1, b, L + b)
+        if committed is None:
+            block[:, 0], block_log_probs[:, 0] = first, first_log_prob
+            # A block that starts with a stop token ends its sequence; nothing after it is decoded.
+            block[:, 1:] = block[:, 1:].masked_fill(torch.isin(first, stop_ids)[:, None], pad_id)
         block_positions = next_position[:, None] + offsets  # (W, b)
+        step_mask = None
         step = 0
         while bool((masked := block == mask_id).any()):
             active = masked.any(dim=1)  # (W,): rows whose block is not finished yet
             forwards += 1
             nfe[rows] += active
-            if bool(active.all()):
-                step_rows, step_cache = torch.arange(width, device=device), cache
+            if committed is not None:
+                # Folded step: the committed tokens write their K/V and the whole block, its first
+                # token masked too, runs its first step in the same forward (every row is active).
+                shift = committed.shape[1]
+                step_rows = torch.arange(width, device=device)
+                hidden = run(
+                    torch.cat([committed, block], dim=1),
+                    fold_step_mask(key_valid, committed_valid, b, committed_causal),
+                    torch.cat([committed_positions, block_positions], dim=1),
+                    cache,
+                )  # (W, c + b, H)
+                cache.crop(-b)
+                key_valid = torch.cat([key_valid, committed_valid], dim=1)
+                committed = None
             else:
-                # Only the rows with masked positions left run this step, over a copy of their
-                # cache rows (the step's keys and values are thrown away after it anyway).
-                step_rows = active.nonzero().squeeze(1)
-                step_cache = cache.select_rows(step_rows)
-            hidden = decoder(
-                input_ids=block[step_rows],
-                attention_mask=mask[step_rows],
-                position_ids=block_positions[step_rows],
-                **{cache_argument: step_cache, "use_cache": True},
-            ).last_hidden_state  # (A, b, H)
-            step_cache.crop(-b)  # the noisy block's K/V must not stay in the cache
-            # Token shift: position i's distribution is the logits at i - 1. The vocabulary
-            # projection runs only where it predicts a masked position (on a small model it is
-            # close to half of a forward's compute).
-            row, slot = masked[step_rows, 1:].nonzero(as_tuple=True)  # (M,) each
-            proposed = torch.zeros((width, b - 1), dtype=torch.long, device=device)
-            proposed_log_probs = torch.zeros((width, b - 1), device=device)
-            chosen, chosen_log_probs = choose(head(hidden[row, slot]))  # (M,) each
+                shift = 0
+                if step_mask is None:
+                    step_mask = block_step_mask(key_valid, b)  # (W, 1, b, L + b)
+                if bool(active.all()):
+                    step_rows, step_cache = torch.arange(width, device=device), cache
+                else:
+                    # Only the rows with masked positions left run this step, over a copy of their
+                    # cache rows (the step's keys and values are thrown away after it anyway).
+                    step_rows = active.nonzero().squeeze(1)
+                    step_cache = cache.select_rows(step_rows)
+                hidden = run(block[step_rows], step_mask[step_rows], block_positions[step_rows], step_cache)  # (A, b, H)
+                step_cache.crop(-b)  # the noisy block's K/V must not stay in the cache
+            # Token shift: block position j is predicted at input column shift + j - 1.
+            row, slot = masked[step_rows].nonzero(as_tuple=True)  # (M,) each
+            proposed = torch.zeros((width, b), dtype=torch.long, device=device)
+            proposed_log_probs = torch.zeros((width, b), device=device)
+            chosen, chosen_log_probs = choose(hidden[row, slot + shift - 1])  # (M,) each
             proposed[step_rows[row], slot], proposed_log_probs[step_rows[row], slot] = chosen, chosen_log_probs
-            open_slots = masked[:, 1:]  # (W, b-1)
-            confidence = proposed_log_probs.exp().masked_fill(~open_slots, -1.0)
-            commit = open_slots & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(open_slots)
-            most_confident = confidence.argmax(dim=1)  # (W,)
-            commit[torch.arange(width, device=device), most_confident] |= open_slots.any(dim=1)
-            block[:, 1:] = torch.where(commit, proposed, block[:, 1:])
-            block_log_probs[:, 1:] = torch.where(commit, proposed_log_probs, block_log_probs[:, 1:])
-            block_steps[:, 1:] = torch.where(commit, step, block_steps[:, 1:])
+            confidence = proposed_log_probs.exp().masked_fill(~masked, -1.0)
+            commit = masked & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(masked)
+            # Each step commits at least one position: a masked block start first (it is predicted
+            # from the committed text alone, as an AR step would), else the most confident.
+            forced = torch.where(masked[:, 0], 0, confidence.argmax(dim=1))  # (W,)
+            commit[torch.arange(width, device=device), forced] |= active
+            block = torch.where(commit, proposed, block)
+            block_log_probs = torch.where(commit, proposed_log_probs, block_log_probs)
+            block_steps = torch.where(commit, step, block_steps)
             # Once a stop token is committed, what follows it in the block is not part of the answer.
             stopped = torch.isin(block, stop_ids).long().cummax(dim=1).values.bool()  # (W, b)
             after_stop = stopped & ~torch.isin(block, stop_ids)
@@ -179,14 +209,19 @@ def _decode_batch(
             # Rows that stopped leave the batch: later forwards no longer compute them.
             kept = going.nonzero().squeeze(1)
             cache.batch_select_indices(kept)
-            rows, block, mask, block_positions = rows[kept], block[kept], mask[kept], block_positions[kept]
+            rows, block, block_positions = rows[kept], block[kept], block_positions[kept]
             key_valid, next_position = key_valid[kept], next_position[kept]
-        out = model(input_ids=block, attention_mask=mask, position_ids=block_positions, logits_to_keep=1, **cached)
-        forwards += 1
-        nfe[rows] += 1
-        key_valid = torch.cat([key_valid, torch.ones((len(rows), b), dtype=torch.bool, device=device)], dim=1)
+        finished = torch.ones((len(rows), b), dtype=torch.bool, device=device)
+        if fold:
+            committed, committed_valid, committed_positions, committed_causal = block, finished, block_positions, False
+        else:
+            # The commit forward: the finished block's K/V into the cache, the next first token.
+            hidden = run(block, block_step_mask(key_valid, b), block_positions, cache)
+            forwards += 1
+            nfe[rows] += 1
+            key_valid = torch.cat([key_valid, finished], dim=1)
+            first, first_log_prob = choose(hidden[:, -1])
         next_position = next_position + b
-        first, first_log_prob = choose(out.logits[:, -1])
 
     stop_set = set(stop_ids.tolist())
     token_rows, log_prob_rows, step_rows = tokens.tolist(), log_probs.tolist(), steps.tolist()
@@ -212,6 +247,7 @@ def generate_blocks(
     seed: int | None = None,
     stop_token_ids: list[int] | None = None,
     batch_size: int = 16,
+    fold: bool | None = None,
 ) -> BlockGeneration:
     """Complete chat prompts with a converted block-diffusion model, ``batch_size`` at a time.
 
@@ -229,6 +265,8 @@ def generate_blocks(
         seed: seeds the sampling RNG.
         stop_token_ids: ids that end a sequence; default: eos and ``<|im_end|>``.
         batch_size: prompts per batch.
+        fold: fold each block's commit into the next block's first step; None: when the model
+            was trained for it (``BlockDiffusionSpec.fold_commits``).
 
     Returns:
         The completions in prompt order, with their commit steps and forward passes.
@@ -242,28 +280,15 @@ def generate_blocks(
     if spec.block_size < 2:
         raise ValueError("block size 1 is autoregressive decoding: use components.decoding.ar.generate")
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
-    order = setup.length_order()
+    fold = spec.fold_commits if fold is None else fold
+
+    def decode_batch(prompt_ids: list[list[int]]) -> _BatchDecode:
+        return _decode_batch(
+            model, prompt_ids, spec, max_new_tokens, threshold, temperature, top_p, setup.generator, setup.stop_ids, setup.pad_id, setup.cache_argument, fold
+        )
+
     with eval_mode(model):
-        batches = [
-            _decode_batch(
-                model,
-                [setup.prompt_ids[i] for i in order[first : first + batch_size]],
-                spec,
-                max_new_tokens,
-                threshold,
-                temperature,
-                top_p,
-                setup.generator,
-                setup.stop_ids,
-                setup.pad_id,
-                setup.cache_argument,
-            )
-            for first in range(0, len(order), batch_size)
-        ]
-    rows = {name: in_prompt_order(order, [row for batch in batches for row in getattr(batch, name)]) for name in _ROW_FIELDS}
+        rows, forward_passes = decode_in_batches(setup, batch_size, decode_batch)
     return BlockGeneration(
-        texts=setup.texts(tokenizer, rows["token_ids"]),
-        forward_passes=sum(batch.forward_passes for batch in batches),
-        seconds=time.perf_counter() - start,
-        **rows,
+        texts=setup.texts(tokenizer, rows["token_ids"]), forward_passes=forward_passes, seconds=time.perf_counter() - start, **rows
     )

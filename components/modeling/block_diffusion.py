@@ -29,6 +29,9 @@ from components.modeling.tokenizer import MASK_TOKEN
 BLOCK_SIZE_KEY = "bd_block_size"
 MASK_TOKEN_ID_KEY = "bd_mask_token_id"
 TOKEN_SHIFT_KEY = "bd_token_shift"
+# Set by CFT when it trained whole-block masks (block start included): the decoder may then fold a
+# block's commit into the next block's first denoising step (components.decoding.block).
+FOLD_KEY = "bd_fold_commits"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class BlockDiffusionSpec:
 
     block_size: int
     mask_token_id: int
+    # Trained for folded decoding: a block's first step may see its first token masked.
+    fold_commits: bool = False
 
 
 def is_block_diffusion(model: Any) -> bool:
@@ -80,7 +85,12 @@ def block_diffusion_spec(model: PreTrainedModel) -> BlockDiffusionSpec:
     mask_id = getattr(model.config, MASK_TOKEN_ID_KEY, None)
     if block_size is None or mask_id is None:
         raise ValueError("the model is not a block-diffusion model: convert it first (dgr2 convert)")
-    return BlockDiffusionSpec(int(block_size), int(mask_id))
+    return BlockDiffusionSpec(int(block_size), int(mask_id), bool(getattr(model.config, FOLD_KEY, False)))
+
+
+def mark_fold_commits(model: PreTrainedModel, trained: bool) -> None:
+    """Record on ``model``'s config whether it was trained for folded decoding (see ``FOLD_KEY``)."""
+    setattr(model.config, FOLD_KEY, trained)
 
 
 def token_flags(vocab_size: int, token_id: int, device: torch.device | str = "cpu") -> Tensor:
@@ -150,3 +160,33 @@ def block_step_mask(key_valid: Tensor, block_size: int) -> Tensor:
     block = torch.ones((batch, block_size), dtype=torch.bool, device=key_valid.device)
     keys = torch.cat([key_valid.bool(), block], dim=1)  # (B, L + b)
     return keys[:, None, None, :].expand(batch, 1, block_size, keys.shape[1])
+
+
+def fold_step_mask(key_valid: Tensor, committed_valid: Tensor, block_size: int, committed_causal: bool) -> Tensor:
+    """The 4D mask of a forward that commits tokens and runs the next block's first step at once.
+
+    The forward feeds ``[committed | block]`` against the cache: the committed tokens (the prompt,
+    or a finished block) write their K/V and see each other causally (the prompt) or whole (a
+    block), never the block after them; the block sees everything before it and itself whole.
+
+    Args:
+        key_valid: (B, L) bool, the cached positions that are real tokens.
+        committed_valid: (B, c) bool, the committed tokens that are real (left pads False).
+        block_size: b.
+        committed_causal: whether the committed tokens attend causally among themselves.
+
+    Returns:
+        (B, 1, c + b, L + c + b) bool. A pad row sees itself, so no softmax row is empty.
+    """
+    batch, cached = key_valid.shape
+    committed = committed_valid.shape[1]
+    device = key_valid.device
+    rows = committed + block_size
+    order = torch.arange(committed, device=device)
+    among = order[None, :] <= order[:, None] if committed_causal else torch.ones((committed, committed), dtype=torch.bool, device=device)
+    committed_rows = (among[None] & committed_valid[:, None, :].bool()) | torch.eye(committed, dtype=torch.bool, device=device)[None]
+    committed_keys = torch.cat([committed_rows, committed_valid[:, None, :].bool().expand(batch, block_size, committed)], dim=1)
+    block_keys = torch.zeros((batch, rows, block_size), dtype=torch.bool, device=device)
+    block_keys[:, committed:] = True
+    cache_keys = key_valid[:, None, :].bool().expand(batch, rows, cached)
+    return torch.cat([cache_keys, committed_keys, block_keys], dim=2)[:, None]

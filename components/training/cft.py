@@ -3,7 +3,10 @@
 Each example is packed as ``[prompt | view 1 | view 2 | clean response]`` (see
 ``components.modeling.block_diffusion.training_layout``). Per response block a mask rate t is drawn
 from U(eps, 1); view 1 masks each token of the block except its first with probability t, and
-view 2 masks exactly the others, so every response token is supervised once per example:
+view 2 masks exactly the others, so every response token is supervised once per example. With
+``whole_block_rate`` some blocks are masked whole in view 1, start included, which is what a
+folded decoder's first step sees (the model is then marked for folded decoding); view 2 then holds
+the block's partial draw (:func:`complementary_views`):
 
 - a block's first token from the clean stream's logits at the position before it (the prompt's
   last token for the first block), as the decoder predicts it from the committed previous block;
@@ -85,8 +88,18 @@ def complementary_mask(response_length: int, block_size: int, eps: float, genera
     return masked
 
 
-def complementary_views(view1: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+def whole_blocks(response_length: int, block_size: int, rate: float, generator: torch.Generator) -> Tensor:
+    """(K,) bool: the blocks that view 1 hides whole, start included, each with probability ``rate``."""
+    return torch.rand(response_length // block_size, generator=generator) < rate
+
+
+def complementary_views(view1: Tensor, block_size: int, whole: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The two CFT views of a :func:`complementary_mask` and which stream supervises each token.
+
+    In a block of ``whole`` (:func:`whole_blocks`), view 1 hides everything, start included (what
+    a folded decoder's first step sees) and view 2 hides what the draw gave view 1: the drawn
+    tokens are supervised from view 2's partial state, the others from the whole-block state.
+    Every token is still supervised exactly once.
 
     Returns:
         ``(masked (2, R) bool, source (R,) long)``: ``source`` is the view that masks a token, or
@@ -94,9 +107,14 @@ def complementary_views(view1: Tensor, block_size: int) -> tuple[Tensor, Tensor]
     """
     start = torch.zeros_like(view1)
     start[::block_size] = True
-    masked = torch.stack([view1, ~view1 & ~start])
+    first, second = view1, ~view1 & ~start
     source = torch.where(start, CLEAN, torch.where(view1, 0, 1))
-    return masked, source
+    if whole is not None:
+        hidden = whole.repeat_interleave(block_size)  # (R,)
+        first, second = view1 | hidden, torch.where(hidden, view1, second)
+        # A start stays supervised from the clean stream even where view 1 hides it.
+        source = torch.where(start, CLEAN, torch.where(hidden, torch.where(view1, 1, 0), source))
+    return torch.stack([first, second]), source
 
 
 def pack_batch(

@@ -20,11 +20,11 @@ from components import storage
 from components.config import Config, EvaluationConfig
 from components.evaluation.runner import paired_comparison
 from components.evaluation.speed import compare_speed
-from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion
+from components.modeling.block_diffusion import block_diffusion_spec, convert_to_block_diffusion, mark_fold_commits
 from components.modeling.factory import load_model, save_model
 from components.prompts.render import ItemCatalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch
+from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch, whole_blocks
 from components.training.loop import BatchFn, LossFn, batch_indices, derive_seed
 from components.training.opd import opd_loss_fn
 from components.training.rl import block_policy, dapo_loss_fn, frozen_copy
@@ -96,6 +96,7 @@ def run_cft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
 
     def build(model: Any, tokenizer: Any, catalog: ItemCatalog, metrics: dict[str, Any]) -> tuple[BatchFn, LossFn]:
         spec = block_diffusion_spec(model)
+        mark_fold_commits(model, cfg.cft.whole_block_rate > 0.0)
         end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         examples = [diffusion_example(e, spec.block_size, end_id) for e in encoded_traces(cfg, tokenizer, catalog, traces_uri, metrics)]
         if not examples:
@@ -105,8 +106,13 @@ def run_cft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
             rows = [examples[i] for i in batch_indices(len(examples), training.batch_size, index, training.seed).tolist()]
             # The masks are a pure function of the batch index, so a resumed run draws the same ones.
             generator = torch.Generator().manual_seed(derive_seed(training.seed, "cft-mask", index))
+            rate = cfg.cft.whole_block_rate
             views = [
-                complementary_views(complementary_mask(len(r.response_ids), spec.block_size, cfg.cft.mask_eps, generator), spec.block_size)
+                complementary_views(
+                    complementary_mask(len(r.response_ids), spec.block_size, cfg.cft.mask_eps, generator),
+                    spec.block_size,
+                    whole_blocks(len(r.response_ids), spec.block_size, rate, generator) if rate > 0 else None,
+                )
                 for r in rows
             ]
             return pack_batch(rows, views, spec, tokenizer.pad_token_id)

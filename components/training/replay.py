@@ -7,7 +7,9 @@ view of the training layout: tokens committed before step ``s`` are shown, the r
 and the tokens committed at step ``s`` are read from that view (token shift). A block's first
 token, decoded autoregressively from the committed previous block, is read from the clean stream.
 So one forward over ``[prompt | step-0 view | ... | step-(S-1) view | clean response]`` gives the
-log-prob of every committed token under exactly the state it was committed from.
+log-prob of every committed token under exactly the state it was committed from. Under folded
+decoding a block's first token is committed at step 0: masked in the step-0 view, read from the
+clean stream all the same.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def trajectory_example(
     steps = torch.tensor(block_steps)  # (R,)
     rounds = max(int(steps.max()) + 1, 1)
     masked = torch.stack([steps >= r for r in range(rounds)])  # (S, R): not yet committed at step r
-    source = torch.where(steps == AUTOREGRESSIVE_STEP, CLEAN, steps)
+    # A block's first token is always predicted from the committed text before it (the clean
+    # stream), whether it was decoded before the block's steps or committed by a folded first step.
+    starts = torch.arange(len(block_ids)) % block_size == 0
+    source = torch.where(starts | (steps == AUTOREGRESSIVE_STEP), CLEAN, steps)
     example = DiffusionExample(
         prompt_ids=list(prompt_ids),
         response_ids=list(block_ids),

@@ -29,9 +29,10 @@ def prompts(tokenizer):
     return chat_prompts(tokenizer)
 
 
-def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int) -> list[int]:
+def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int, fold: bool = False) -> list[int]:
     """Greedy block decoding with no cache: every step runs the prompt, the committed blocks and the
-    current block from scratch under the training layout's mask (clean stream, no views)."""
+    current block from scratch under the training layout's mask (clean stream, no views). Folded,
+    a block starts wholly masked and its first step commits the first token first."""
     spec = block_diffusion_spec(model)
     b, mask_id = spec.block_size, spec.mask_token_id
     prompt = torch.tensor(prompt_ids)
@@ -45,35 +46,63 @@ def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: 
 
     with torch.no_grad():
         response: list[int] = []
-        first = int(model(input_ids=prompt[None]).logits[0, -1].masked_fill(
-            torch.arange(model.config.vocab_size) == mask_id, float("-inf")).argmax())
         while len(response) < max_new:
-            block = [first] + [mask_id] * (b - 1)
+            first = int(logits_of(response)[-1].argmax()) if response else int(
+                model(input_ids=prompt[None]).logits[0, -1].masked_fill(torch.arange(model.config.vocab_size) == mask_id, float("-inf")).argmax()
+            )
+            block = [mask_id] * b if fold else [first] + [mask_id] * (b - 1)
             while mask_id in block:
-                probs = logits_of(response + block)[-b:-1].softmax(-1)  # token shift: rows predict 1..b-1
+                probs = logits_of(response + block)[-b - 1 : -1].softmax(-1)  # token shift: row i predicts position i
                 confidence, choice = probs.max(-1)
-                open_slots = [i for i in range(1, b) if block[i] == mask_id]
-                chosen = {i for i in open_slots if confidence[i - 1] >= threshold} if threshold < 1 else set()
-                chosen.add(max(open_slots, key=lambda i: float(confidence[i - 1])))
+                open_slots = [i for i in range(b) if block[i] == mask_id]
+                chosen = {i for i in open_slots if confidence[i] >= threshold} if threshold < 1 else set()
+                chosen.add(0 if 0 in open_slots else max(open_slots, key=lambda i: float(confidence[i])))
                 for i in chosen:
-                    block[i] = int(choice[i - 1])
+                    block[i] = int(choice[i])
+            if fold:
+                assert block[0] == first  # the folded first step commits what the commit forward predicts
             response += block
-            first = int(logits_of(response)[-1].argmax())
     return response[:max_new]
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("threshold", [1.0, 0.9, 0.05])
-def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts, threshold):
-    decoded = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=threshold, stop_token_ids=[])
-    reference = _recomputed_decode(model, tokenizer(prompts[0], add_special_tokens=False)["input_ids"], threshold, MAX_NEW)
+def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts, threshold, fold):
+    decoded = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold)
+    reference = _recomputed_decode(model, tokenizer(prompts[0], add_special_tokens=False)["input_ids"], threshold, MAX_NEW, fold)
     assert decoded.token_ids[0] == reference
 
 
+def test_folded_decoding_equals_the_unfolded_decoder_at_tau_one(model, tokenizer, prompts):
+    # Same tokens and log-probs (so the same committed K/V under them) in the same forwards; only
+    # the first token of each block moves from before the block's steps into its first step.
+    unfolded = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=1.0, stop_token_ids=[], fold=False)
+    folded = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=1.0, stop_token_ids=[], fold=True)
+    assert folded.token_ids == unfolded.token_ids
+    for folded_lp, unfolded_lp in zip(folded.logprobs, unfolded.logprobs):
+        torch.testing.assert_close(torch.tensor(folded_lp), torch.tensor(unfolded_lp), atol=1e-5, rtol=0)
+    assert folded.sequence_forward_passes == unfolded.sequence_forward_passes
+    assert folded.forward_passes == unfolded.forward_passes
+    for folded_steps, unfolded_steps in zip(folded.commit_steps, unfolded.commit_steps):
+        assert folded_steps == [0 if s == AUTOREGRESSIVE_STEP else s + 1 for s in unfolded_steps]
+
+
+def test_folding_saves_a_forward_per_block_when_steps_commit_several_tokens(model, tokenizer, prompts):
+    # At a tau low enough that every step commits the whole rest of its block, an unfolded block
+    # costs a step and a commit forward, a folded one only its step (the prefill included).
+    unfolded = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=1e-9, stop_token_ids=[], fold=False)
+    folded = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=1e-9, stop_token_ids=[], fold=True)
+    blocks = MAX_NEW // BLOCK
+    assert unfolded.sequence_forward_passes == [1 + blocks + (blocks - 1)] * len(prompts)
+    assert folded.sequence_forward_passes == [blocks] * len(prompts)
+
+
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("threshold", [0.9, 0.05])
-def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts, threshold):
-    batch = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[])
+def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts, threshold, fold):
+    batch = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold)
     for i, prompt in enumerate(prompts):
-        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=threshold, stop_token_ids=[])
+        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold)
         assert batch.token_ids[i] == alone.token_ids[0]
         assert batch.commit_steps[i] == alone.commit_steps[0]
         assert batch.sequence_forward_passes[i] == alone.sequence_forward_passes[0]
@@ -106,21 +135,27 @@ def test_rows_that_finish_early_sit_out_the_forwards_of_the_others(model, tokeni
         assert out.token_ids[i] == alone.token_ids[0]
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("threshold", [0.9, 0.3, 0.02])
-def test_commits_respect_tau_and_every_block_completes(model, tokenizer, prompts, threshold):
-    out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[])
+def test_commits_respect_tau_and_every_block_completes(model, tokenizer, prompts, threshold, fold):
+    out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold)
     mask_id = block_diffusion_spec(model).mask_token_id
     for ids, log_probs, steps in zip(out.token_ids, out.logprobs, out.commit_steps):
         assert len(ids) == MAX_NEW and mask_id not in ids
         for start in range(0, MAX_NEW, BLOCK):
             block_steps = steps[start : start + BLOCK]
-            assert block_steps[0] == AUTOREGRESSIVE_STEP
-            assert all(0 <= s < BLOCK - 1 for s in block_steps[1:])
+            # Folded, the first token is committed by the block's first step (with others or not).
+            assert block_steps[0] == (0 if fold else AUTOREGRESSIVE_STEP)
+            assert all(int(fold) <= s < BLOCK - 1 + int(fold) for s in block_steps[1:])
+            block_log_probs = log_probs[start : start + BLOCK]
             for step in set(block_steps[1:]):
-                committed = [lp for lp, s in zip(log_probs[start : start + BLOCK], block_steps) if s == step]
-                # Either a single (forced) commit, or every commit of the step reached tau.
+                committed = [lp for position, (lp, s) in enumerate(zip(block_log_probs, block_steps)) if s == step and position > 0]
                 below = [lp for lp in committed if torch.tensor(lp).exp() < threshold - 1e-6]
-                assert len(committed) == 1 or not below
+                if fold and step == 0:
+                    assert not below  # the first token is the step's forced commit; the others reached tau
+                else:
+                    # Either a single (forced) commit, or every commit of the step reached tau.
+                    assert len(committed) == 1 or not below
 
 
 def test_tau_one_commits_one_token_per_step(model, tokenizer, prompts):
@@ -134,10 +169,11 @@ def test_tau_one_commits_one_token_per_step(model, tokenizer, prompts):
     assert out.tokens_per_forward == pytest.approx(MAX_NEW / (1 + 4 * 3 + 3))
 
 
-def test_stop_token_ends_a_sequence(model, tokenizer, prompts):
-    free = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[])
+@pytest.mark.parametrize("fold", [False, True])
+def test_stop_token_ends_a_sequence(model, tokenizer, prompts, fold):
+    free = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[], fold=fold)
     stop = free.token_ids[0][5]
-    out = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[stop])
+    out = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=0.9, stop_token_ids=[stop], fold=fold)
     first_stop = free.token_ids[0].index(stop)
     assert out.token_ids[0] == free.token_ids[0][: first_stop + 1]
 

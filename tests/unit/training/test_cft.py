@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.modeling.block_diffusion import BlockDiffusionSpec
-from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch
+from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch, whole_blocks
 
 VIEWS = 2
 from components.training.sft import ANSWER, PROMPT, REASONING, EncodedExample, collate, weighted_lm_loss
@@ -92,3 +92,23 @@ def test_left_padding_in_a_batch_changes_no_example(model, tokenizer):
     weight = [sum(e.weights) for e in examples]
     expected = sum(float(a) * w for a, w in zip(alone, weight)) / sum(weight)
     assert float(together) == pytest.approx(expected, abs=1e-4)
+
+
+def test_whole_blocks_hide_the_start_in_view_one_and_keep_the_partial_draw_in_view_two():
+    generator = torch.Generator().manual_seed(3)
+    draw = complementary_mask(64, 4, 1e-3, generator)
+    whole = whole_blocks(64, 4, 0.5, generator)
+    assert 0 < int(whole.sum()) < 16  # some blocks whole, some not
+    (first, second), source = complementary_views(draw, 4, whole)
+    (plain_first, plain_second), plain_source = complementary_views(draw, 4)
+    blocks = lambda t: t.view(16, 4)  # noqa: E731
+    assert blocks(first)[whole].all() and torch.equal(blocks(second)[whole], blocks(draw)[whole])
+    # Other blocks: the plain complementary pair.
+    for got, plain in ((first, plain_first), (second, plain_second), (source, plain_source)):
+        assert torch.equal(blocks(got)[~whole], blocks(plain)[~whole])
+    # Every token once: starts from the clean stream, the rest from a view that hides it.
+    assert (blocks(source)[:, 0] == -1).all()
+    rest = source != -1
+    hides = torch.stack([first, second]).gather(0, source.clamp(min=0)[None])[0]
+    assert hides[rest].all()
+    assert torch.equal(blocks(source)[whole][:, 1:] == 1, blocks(draw)[whole][:, 1:])
