@@ -2,8 +2,10 @@
 
     python benchmarks/decode_profile.py [--config configs/tiny.yaml] [--tau 0.9] [--label after]
 
-Decodes the first test prompts greedily with the AR teacher (``components.decoding.generate``) and
-with the final block-diffusion student (``generate_blocks`` at ``--tau``), at batch 1 and 16, and
+Decodes the first test prompts greedily with the AR teacher (``components.decoding.generate``),
+with the final block-diffusion student (``generate_blocks`` at ``--tau``, unfolded and, when the
+student was trained for it, folded) and with the speculative decoder (student drafts, teacher
+verifies; its output is checked against the AR decoder's), at batch 1 and 16, and
 splits each call's wall time into: the model forward (decoder and output projection, without
 its KV-cache writes), the KV cache
 (writes, crops), attention-mask construction, token selection, and the rest (Python and small
@@ -35,7 +37,7 @@ from cli_run import REPO_ROOT, run_dgr2  # noqa: E402
 from components import storage  # noqa: E402
 from components.candidates.examples import read_examples  # noqa: E402
 from components.config import load_config  # noqa: E402
-from components.decoding import ar, block  # noqa: E402
+from components.decoding import ar, block, speculative  # noqa: E402
 from components.decoding.cache import InPlaceLayer  # noqa: E402
 from components.evaluation.runner import render_prompts  # noqa: E402
 from components.evaluation.stage import evaluation_examples  # noqa: E402
@@ -75,6 +77,9 @@ def instrumented(timers: Timers, models: list[torch.nn.Module]) -> Iterator[None
     patches = [(layer, "update", "KV cache") for layer in (DynamicLayer, StaticLayer, InPlaceLayer)] + [
         (DynamicCache, "crop", "KV cache"),
         (block, "block_step_mask", "attention mask"),
+        (block, "fold_step_mask", "attention mask"),
+        (speculative, "block_step_mask", "attention mask"),
+        (speculative, "fold_step_mask", "attention mask"),
         (ar, "choose_tokens", "token selection"),
         (block, "choose_tokens", "token selection"),
     ]
@@ -110,6 +115,8 @@ def _profile(decode: Callable[[list[str]], Any], prompts: list[str], models: lis
         "forwards": forwards,
         "tokens_per_forward": generation.tokens_per_forward,
         "tokens_per_s": generation.output_tokens / total,
+        "token_ids": generation.token_ids,
+        "accepted": getattr(generation, "mean_accepted_length", None),
     }
 
 
@@ -119,6 +126,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.9)
     parser.add_argument("--prompts", type=int, default=32, help="prompts per batch size (batch 1 decodes a quarter of them)")
     parser.add_argument("--label", default="", help="a name for this section of the results file")
+    parser.add_argument("--draft-steps", type=int, default=1, help="student forwards per speculative draft")
     args = parser.parse_args()
     cfg = load_config(REPO_ROOT / args.config)
     _, data = run_dgr2("data", args.config, [])
@@ -131,20 +139,37 @@ def main() -> None:
     prompts = render_prompts(tokenizer, test, catalog, cfg.prompts)
     new_tokens = cfg.evaluation.max_new_tokens
 
+    folds = [False, True] if student.config.to_dict().get("bd_fold_commits") else [False]
     rows = []
     for batch_size, count in ((1, max(1, args.prompts // 4)), (16, args.prompts)):
-        ar_row = _profile(lambda p: ar.generate(teacher, tokenizer, p, new_tokens, batch_size=batch_size), prompts[:count], [teacher])
-        block_row = _profile(
-            lambda p: block.generate_blocks(student, tokenizer, p, new_tokens, threshold=args.tau, batch_size=batch_size),
-            prompts[:count],
-            [student],
+        rows.append(
+            (batch_size, "AR step", _profile(lambda p: ar.generate(teacher, tokenizer, p, new_tokens, batch_size=batch_size), prompts[:count], [teacher]))
         )
-        rows += [(batch_size, "AR step", ar_row), (batch_size, f"block step, tau {args.tau}", block_row)]
+        for fold in folds:
+            block_row = _profile(
+                lambda p: block.generate_blocks(student, tokenizer, p, new_tokens, threshold=args.tau, batch_size=batch_size, fold=fold),
+                prompts[:count],
+                [student],
+            )
+            rows.append((batch_size, f"block step, tau {args.tau}{', folded' if fold else ''}", block_row))
+        rows.append(
+            (
+                batch_size,
+                f"speculative, {args.draft_steps} draft step(s)",
+                _profile(
+                    lambda p: speculative.generate_speculative(
+                        teacher, student, tokenizer, p, new_tokens, draft_steps=args.draft_steps, batch_size=batch_size
+                    ),
+                    prompts[:count],
+                    [teacher, student],
+                ),
+            )
+        )
 
     header = "| batch | step | " + " | ".join(f"{part} ms" for part in PARTS) + " | ms per forward | forwards | tokens per forward | tokens/s |"
     lines = [
         f"\n## {args.label or 'profile'}: {datetime.now(timezone.utc).date()}, commit {_commit()}\n",
-        f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau}`; {platform.processor() or platform.machine()}, "
+        f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau} --draft-steps {args.draft_steps}`; {platform.processor() or platform.machine()}, "
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}; "
         f"block size {student.config.bd_block_size}, max new tokens {new_tokens}; milliseconds per forward pass.\n",
         header,
@@ -156,11 +181,17 @@ def main() -> None:
             f"| {batch_size} | {name} | {parts} | {row['ms_per_forward']:.2f} | {row['forwards']} | {row['tokens_per_forward']:.2f} | {row['tokens_per_s']:,.0f} |"
         )
     for batch_size in (1, 16):
-        ar_row, block_row = (row for b, _, row in rows if b == batch_size)
-        lines.append(
-            f"\nBatch {batch_size}: a block step costs {block_row['ms_per_forward'] / ar_row['ms_per_forward']:.2f} AR steps; "
-            f"block decoding runs at {block_row['tokens_per_s'] / ar_row['tokens_per_s']:.2f}x AR."
-        )
+        ar_row, *others = (row for b, _, row in rows if b == batch_size)
+        names = [name for b, name, _ in rows if b == batch_size][1:]
+        for name, row in zip(names, others):
+            note = ""
+            if row["accepted"] is not None:
+                same = sum(a == b for a, b in zip(row["token_ids"], ar_row["token_ids"]))
+                note = f"; {row['accepted']:.2f} drafted tokens accepted per check, output = AR's on {same} of {len(ar_row['token_ids'])} prompts"
+            lines.append(
+                f"\nBatch {batch_size}, {name}: a forward costs {row['ms_per_forward'] / ar_row['ms_per_forward']:.2f} AR steps; "
+                f"{row['tokens_per_s'] / ar_row['tokens_per_s']:.2f}x AR{note}."
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if not RESULTS.exists():

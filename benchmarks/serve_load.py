@@ -6,7 +6,7 @@ and a mixed stream in which a known share of the requests is bad.
 
 Requests are real test users with their pre-ranked candidates (``--examples``: an examples
 parquet of the data flow; by default the newest under ``.dgr2/artifacts/examples``). For each
-decoder (diffusion, ar) and concurrency (1, 8, 32) it sends ``--requests`` requests, or stops after
+decoder (diffusion, ar, speculative) and concurrency (1, 8, 32) it sends ``--requests`` requests, or stops after
 ``--max-seconds``, and reports p50/p95/p99 latency, requests/s and errors. The mixed stream sends
 ``--mixed`` requests of which every fifth is bad (an unknown item, a duplicate candidate, a short
 list, a threshold out of range, malformed JSON, in turn): the error rate must be exactly those
@@ -34,7 +34,7 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "serve_load.md"
 CONCURRENCY = (1, 8, 32)
-DECODERS = ("diffusion", "ar")
+DECODERS = ("diffusion", "ar", "speculative")
 
 
 def _post(url: str, body: bytes, timeout: float = 300.0) -> tuple[int, float]:

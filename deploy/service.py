@@ -198,7 +198,7 @@ class ReRanker:
         """Re-rank candidates for a user.
 
         Body: ``{"user_id": str}`` or ``{"history": [item_id, ...]}``, ``"candidates": [item_id, ...]``
-        in pre-rank order (the trained list size), optional ``"decoder": "diffusion" | "ar"``,
+        in pre-rank order (the trained list size), optional ``"decoder": "diffusion" | "ar" | "speculative"``,
         ``"threshold"`` (tau, diffusion only) and ``"return_reasoning"``. Answer: ``ranking``
         (item ids; the pre-rank order with ``fallback: true`` when the model's output is not a
         permutation of the candidates), ``valid``, ``fallback``, ``model`` and ``decode``.

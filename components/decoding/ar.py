@@ -15,13 +15,14 @@ without per-op launch overhead; the prefill stays eager, as in ``model.generate`
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
@@ -199,6 +200,23 @@ def in_prompt_order(order: list[int], rows: list[T]) -> list[T]:
     return placed
 
 
+def decode_in_batches(setup: DecodeSetup, batch_size: int, decode_batch: Callable[[list[list[int]]], Any]) -> tuple[dict[str, list[Any]], int]:
+    """Decode ``setup``'s prompts ``batch_size`` at a time, longest first.
+
+    Args:
+        decode_batch: tokenized prompts -> a dataclass of per-row lists (rows in the given order)
+            and ``forward_passes``.
+
+    Returns:
+        Every per-row field, rows back in prompt order, and the forward passes summed.
+    """
+    order = setup.length_order()
+    batches = [decode_batch([setup.prompt_ids[i] for i in order[first : first + batch_size]]) for first in range(0, len(order), batch_size)]
+    names = [field.name for field in dataclasses.fields(batches[0]) if field.name != "forward_passes"]
+    rows = {name: in_prompt_order(order, [row for batch in batches for row in getattr(batch, name)]) for name in names}
+    return rows, sum(batch.forward_passes for batch in batches)
+
+
 @contextmanager
 def eval_mode(model: PreTrainedModel) -> Iterator[None]:
     """Decode in eval mode; the model's train/eval mode is restored afterwards."""
@@ -208,6 +226,15 @@ def eval_mode(model: PreTrainedModel) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+@dataclass
+class _BatchDecode:
+    """One batch's decode, rows in batch order."""
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    forward_passes: int
 
 
 def _generate_batch(
@@ -222,7 +249,7 @@ def _generate_batch(
     cache_argument: str,
     static_cache: bool,
     compile_steps: bool,
-) -> tuple[list[list[int]], list[list[float]], int]:
+) -> _BatchDecode:
     """Decode one batch of tokenized prompts.
 
     Args:
@@ -231,8 +258,8 @@ def _generate_batch(
             static cache, whose shapes do not change between steps).
 
     Returns:
-        (token ids, log-probs, forward passes), one list per prompt; the ids stop after the first
-        stop token.
+        Token ids and log-probs, one list per prompt (the ids stop after the first stop token),
+        and the forward passes.
     """
     device = stop_ids.device
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P), (B, P)
@@ -290,7 +317,7 @@ def _generate_batch(
         # Cut after the first stop token; the pads fed to a finished row are not output.
         end = next((t + 1 for t, token in enumerate(row) if token in stop_set), len(row))
         token_rows[i], log_prob_rows[i] = row[:end], log_prob_rows[i][:end]
-    return token_rows, log_prob_rows, steps
+    return _BatchDecode(token_rows, log_prob_rows, steps)
 
 
 @torch.inference_mode()
@@ -343,30 +370,12 @@ def generate(
     if compile and not static_cache:
         raise ValueError("compile needs static_cache: a growing cache changes shapes every step")
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
-    stop_ids, pad_id, prompt_ids, generator, cache_argument = (
-        setup.stop_ids, setup.pad_id, setup.prompt_ids, setup.generator, setup.cache_argument
-    )
-    token_ids: list[list[int]] = []
-    logprobs: list[list[float]] = []
-    forward_passes = 0
-    order = setup.length_order()
+
+    def decode_batch(prompt_ids: list[list[int]]) -> _BatchDecode:
+        return _generate_batch(
+            model, prompt_ids, max_new_tokens, temperature, top_p, setup.generator, setup.stop_ids, setup.pad_id, setup.cache_argument, static_cache, compile
+        )
+
     with eval_mode(model):
-        for first in range(0, len(order), batch_size):
-            rows, row_log_probs, forwards = _generate_batch(
-                model,
-                [prompt_ids[i] for i in order[first : first + batch_size]],
-                max_new_tokens,
-                temperature,
-                top_p,
-                generator,
-                stop_ids,
-                pad_id,
-                cache_argument,
-                static_cache,
-                compile,
-            )
-            token_ids += rows
-            logprobs += row_log_probs
-            forward_passes += forwards
-    token_ids, logprobs = in_prompt_order(order, token_ids), in_prompt_order(order, logprobs)
-    return Generation(setup.texts(tokenizer, token_ids), token_ids, logprobs, forward_passes, time.perf_counter() - start)
+        rows, forward_passes = decode_in_batches(setup, batch_size, decode_batch)
+    return Generation(setup.texts(tokenizer, rows["token_ids"]), rows["token_ids"], rows["logprobs"], forward_passes, time.perf_counter() - start)

@@ -19,6 +19,7 @@ from components.candidates.examples import read_examples, split_examples
 from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
+from components.decoding.speculative import generate_speculative
 from components.evaluation.runner import evaluate_decoder, render_prompts
 from components.modeling.block_diffusion import is_block_diffusion
 from components.modeling.factory import load_model
@@ -52,6 +53,20 @@ def model_decoder(model: Any, tokenizer: Any, cfg: Config, threshold: float | No
     if threshold is not None:
         raise ValueError("a threshold applies to a block-diffusion model only; this model is autoregressive")
     return partial(generate, model, tokenizer, max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=batch_size)
+
+
+def speculative_decoder(teacher: Any, student: Any, tokenizer: Any, cfg: Config, batch_size: int | None = None) -> Any:
+    """Greedy decoding of prompts by the AR ``teacher``, drafted by its block-diffusion ``student``
+    (lossless: the teacher's own output)."""
+    return partial(
+        generate_speculative,
+        teacher,
+        student,
+        tokenizer,
+        max_new_tokens=cfg.evaluation.max_new_tokens,
+        draft_steps=cfg.evaluation.draft_steps,
+        batch_size=batch_size or cfg.evaluation.decode_batch_size,
+    )
 
 
 def evaluation_examples(examples: pd.DataFrame, cfg: Config, scope: str = "") -> dict[str, pd.DataFrame]:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
+from components.decoding.speculative import generate_speculative
 from components.modeling.block_diffusion import is_block_diffusion
 from components.prompts.answer import parse_answer, ranking_or_fallback
 from components.prompts.render import CatalogItem, ItemCatalog, render_messages
@@ -121,6 +122,8 @@ class Reranker:
             raise ValueError(f"evaluation.serving_threshold {tau} is outside serving's allowed range")
         self.cfg = cfg
         self.models = dict(models)
+        # Speculative decoding needs both: the student drafts, the AR teacher verifies.
+        self.decoders: tuple[Decoder, ...] = tuple(self.models) + (("speculative",) if {"diffusion", "ar"} <= set(self.models) else ())
         self.features = features
         # Prompts state the list length, and the models were trained on this one size.
         self.allowed_sizes = (cfg.candidates.num_candidates,)
@@ -132,8 +135,8 @@ class Reranker:
             RequestError: 422 for a decoder this deployment does not serve or unknown item ids
                 (all of them listed), 404 for an unknown user without an explicit history.
         """
-        if request.decoder not in self.models:
-            raise RequestError(422, "decoder", f"{request.decoder!r} is not served by this deployment; served: {', '.join(self.models)}")
+        if request.decoder not in self.decoders:
+            raise RequestError(422, "decoder", f"{request.decoder!r} is not served by this deployment; served: {', '.join(self.decoders)}")
         history = request.history
         if history is None:
             assert request.user_id is not None  # parse_request guarantees one of the two
@@ -150,7 +153,7 @@ class Reranker:
         if unknown_history:
             raise RequestError(422, "history", "unknown item ids (not in the feature store)", unknown_items=unknown_history)
         catalog = ItemCatalog(found[i] for i in wanted)
-        served = self.models[request.decoder]
+        served = self._answering(request.decoder)
         co_purchases = None
         if self.cfg.prompts.list_co_purchases:
             # A served request is never a training example: no own share to leave out.
@@ -162,9 +165,13 @@ class Reranker:
     def batch_key(self, prepared: Prepared) -> tuple[Decoder, float | None]:
         """Requests decode together only with the same decoder and threshold."""
         request = prepared.request
-        if request.decoder == "ar":
-            return ("ar", None)
+        if request.decoder != "diffusion":
+            return (request.decoder, None)
         return ("diffusion", request.threshold if request.threshold is not None else self.cfg.evaluation.serving_threshold)
+
+    def _answering(self, decoder: Decoder) -> ServedModel:
+        """The model whose output a decoder returns (the AR teacher's, for speculative decoding)."""
+        return self.models["ar" if decoder == "speculative" else decoder]
 
     def decode(self, key: tuple[Decoder, float | None], batch: list[Prepared]) -> list[dict[str, Any]]:
         """Decode one batch of prepared requests that share ``key`` and answer each one.
@@ -176,11 +183,17 @@ class Reranker:
             ``ms`` and ``batch_size`` of the decode it shared) and ``reasoning`` when asked for.
         """
         decoder, threshold = key
-        served = self.models[decoder]
+        served = self._answering(decoder)
         prompts = [p.prompt for p in batch]
         max_new_tokens = self.cfg.evaluation.max_new_tokens
         if decoder == "diffusion":
             generation = generate_blocks(served.model, served.tokenizer, prompts, max_new_tokens, threshold=threshold, batch_size=len(prompts))
+            forwards = list(generation.sequence_forward_passes)
+        elif decoder == "speculative":
+            student = self.models["diffusion"].model
+            generation = generate_speculative(
+                served.model, student, served.tokenizer, prompts, max_new_tokens, self.cfg.evaluation.draft_steps, batch_size=len(prompts)
+            )
             forwards = list(generation.sequence_forward_passes)
         else:
             generation = generate(served.model, served.tokenizer, prompts, max_new_tokens, batch_size=len(prompts))
@@ -209,7 +222,7 @@ class Reranker:
 
     def fallback_answer(self, prepared: Prepared) -> dict[str, Any]:
         """The answer when decoding itself failed: the pre-rank order, no output."""
-        info = self.models[prepared.request.decoder].info
+        info = self._answering(prepared.request.decoder).info
         return self._answer(prepared, "", info, 0, 0, 0.0, 0)
 
     def warm_up(self) -> None:

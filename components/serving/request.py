@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from components.config import Config
 
-Decoder = Literal["diffusion", "ar"]
-DECODERS: tuple[Decoder, ...] = ("diffusion", "ar")
+# "speculative": the AR teacher's output, drafted by the block-diffusion student (lossless).
+Decoder = Literal["diffusion", "ar", "speculative"]
+DECODERS: tuple[Decoder, ...] = ("diffusion", "ar", "speculative")
 FIELDS = ("user_id", "history", "candidates", "decoder", "threshold", "return_reasoning")
 # Item and user ids are short keys; a longer one is a client bug, not an id.
 MAX_ID_CHARS = 256
@@ -131,7 +132,7 @@ def parse_request(payload: Any, cfg: Config, allowed_sizes: tuple[int, ...]) -> 
             raise RequestError(422, "threshold", f"must be a number in [{low}, {high}]")
         if not low <= threshold <= high:
             raise RequestError(422, "threshold", f"must be in [{low}, {high}], got {threshold}")
-        if decoder == "ar":
+        if decoder != "diffusion":
             raise RequestError(422, "threshold", "applies to the diffusion decoder only; drop it or use decoder diffusion")
         threshold = float(threshold)
 

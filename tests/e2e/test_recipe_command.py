@@ -41,6 +41,8 @@ def _recipe_overrides(beauty_slice: Path, workspace: Path) -> list[str]:
         "diffusion.block_size": 4,
         "cft.max_steps": 3,
         "cft.batch_size": 4,
+        # Folded decoding end to end: CFT trains whole blocks, and OPD, RL and evaluation fold.
+        "cft.whole_block_rate": 0.5,
         "opd.max_steps": 2,
         "opd.batch_size": 2,
         "opd.samples_per_prompt": 2,
@@ -94,11 +96,15 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     assert versus["n"] == 100 and versus["recall_at_1"]["ci_low"] <= versus["recall_at_1"]["mean"] <= versus["recall_at_1"]["ci_high"]
     assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
     assert set(summary["sweep"]) == {str(t) for t in THRESHOLDS}
+    # CFT trained whole-block masks (cft.whole_block_rate), so the student is marked for folded decoding.
+    assert json.loads((Path(summary["models"]["CFT"]) / "config.json").read_text())["bd_fold_commits"] is True
     for batch in ("batch_1", "batch_16"):
         entries = summary["speed"][batch]
-        assert set(entries) == {"ar", *(f"tau={t}" for t in THRESHOLDS)}
+        assert set(entries) == {"ar", "speculative", *(f"tau={t}" for t in THRESHOLDS)}
         assert entries["ar"]["tokens_per_forward"] == 1.0
         assert all(entries[f"tau={t}"]["speedup"] > 0 for t in THRESHOLDS)
+        # The speculative decoder returns the teacher's output, whatever the student drafts.
+        assert entries["speculative"]["same_output_as_ar"] == 1.0 and entries["speculative"]["mean_accepted_length"] >= 0
 
     _check_tracking(summary, first)
 
@@ -111,6 +117,7 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     readable = dgr2(["report", "--config", "configs/tiny.yaml", *overrides], workspace)
     assert "Threshold sweep of CFT+OPD+RL" in readable.stdout and "speedup vs AR" in readable.stdout
     assert "CFT+OPD+RL - teacher (n=100)" in readable.stdout
+    assert "| speculative (AR GR2's output) |" in readable.stdout
 
     changed = dgr2(["train-rl", "--config", "configs/tiny.yaml", *overrides, "--set", "cft.mask_eps=0.01", "--json"], workspace)
     assert changed.returncode == 0, changed.stderr[-3000:]

@@ -153,6 +153,15 @@ def test_explicit_history_with_the_ar_decoder(server: str) -> None:
     assert answer["model"] == {"name": "gr2-ar", "version": "1", "alias": None}
 
 
+def test_speculative_decoder_answers_as_the_ar_teacher(server: str) -> None:
+    payload = {"history": HISTORIES["u1"], "candidates": CANDIDATES, "return_reasoning": True}
+    ar, speculative = (_rerank(server, payload | {"decoder": decoder}) for decoder in ("ar", "speculative"))
+    assert speculative.status_code == 200, speculative.text
+    assert speculative.json()["ranking"] == ar.json()["ranking"]
+    assert speculative.json()["model"] == ar.json()["model"] == {"name": "gr2-ar", "version": "1", "alias": None}
+    assert speculative.json()["decode"]["output_tokens"] == ar.json()["decode"]["output_tokens"]
+
+
 def test_concurrent_requests_are_decoded_together(server: str) -> None:
     payloads = [{"user_id": f"u{k}", "candidates": CANDIDATES, "threshold": 0.7} for k in range(4)]
     with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:

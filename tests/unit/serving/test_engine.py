@@ -96,10 +96,23 @@ def test_unknown_ids_and_users_are_refused(reranker: Reranker) -> None:
         assert (caught.value.status, caught.value.field, caught.value.details) == (status, field, details)
 
 
+def test_speculative_decoding_answers_what_the_ar_decoder_answers(reranker: Reranker) -> None:
+    answers = {}
+    for decoder in ("ar", "speculative"):
+        prepared = reranker.prepare(RerankRequest(CANDIDATES, user_id="u0", decoder=decoder, return_reasoning=True))
+        assert reranker.batch_key(prepared) == (decoder, None)
+        [answers[decoder]] = reranker.decode(reranker.batch_key(prepared), [prepared])
+    ar, speculative = answers["ar"], answers["speculative"]
+    assert {k: speculative[k] for k in ("ranking", "valid", "fallback", "model")} == {k: ar[k] for k in ("ranking", "valid", "fallback", "model")}
+    assert speculative["decode"]["output_tokens"] == ar["decode"]["output_tokens"]
+
+
 def test_a_decoder_without_a_model_is_refused(reranker: Reranker) -> None:
     only_student = Reranker(reranker.cfg, {"diffusion": reranker.models["diffusion"]}, StubFeatures())
     with pytest.raises(RequestError, match="'ar' is not served"):
         only_student.prepare(RerankRequest(CANDIDATES, user_id="u0", decoder="ar"))
+    with pytest.raises(RequestError, match="'speculative' is not served"):
+        only_student.prepare(RerankRequest(CANDIDATES, user_id="u0", decoder="speculative"))
     with pytest.raises(ValueError, match="needs a block-diffusion model"):
         Reranker(reranker.cfg, {"diffusion": reranker.models["ar"]}, StubFeatures())
 

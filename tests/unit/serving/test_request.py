@@ -44,6 +44,7 @@ def test_explicit_history_is_cut_to_the_most_recent_items() -> None:
         ({"user_id": "u1", "candidates": CANDIDATES, "threshold": 0.2}, 422, "threshold", "must be in [0.5, 1.0]"),
         ({"user_id": "u1", "candidates": CANDIDATES, "threshold": True}, 422, "threshold", "must be a number"),
         ({"user_id": "u1", "candidates": CANDIDATES, "threshold": 0.9, "decoder": "ar"}, 422, "threshold", "diffusion decoder only"),
+        ({"user_id": "u1", "candidates": CANDIDATES, "threshold": 0.9, "decoder": "speculative"}, 422, "threshold", "diffusion decoder only"),
         ({"user_id": "u1", "candidates": CANDIDATES, "return_reasoning": "yes"}, 422, "return_reasoning", "true or false"),
     ],
 )
