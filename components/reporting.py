@@ -183,10 +183,7 @@ def speed_table(speed: dict[str, Any]) -> str:
         for decoder, entry in entries.items():
             speedup = f"{entry['speedup']:.2f}x" if "speedup" in entry else "1.00x"
             if "mean_accepted_length" in entry:
-                decoder = (
-                    f"{decoder} ({entry['mean_accepted_length']:.2f} drafted tokens accepted per check; "
-                    f"output = AR's on {entry['same_output_as_ar']:.0%} of prompts)"
-                )
+                decoder = f"{decoder} ({entry['mean_accepted_length']:.2f} accepted per check, AR's output on {entry['same_output_as_ar']:.0%})"
             lines.append(
                 f"| {key.removeprefix('batch_')} | {decoder} | {entry['decode_tokens_per_s']:,.1f} | "
                 f"{entry['tokens_per_forward']:.2f} | {entry['mean_output_tokens']:.1f} | {speedup} |"
