@@ -46,7 +46,7 @@ serve: $(STAMP)
 	if [ -f $(STACK_ENV) ]; then source $(STACK_ENV); fi; \
 	export BENTOML_HOME=$${BENTOML_HOME:-$$(realpath -m $${DGR2_HOME:-.dgr2})/bentoml}; \
 	alias=$${DGR2_SERVE_ALIAS:-champion}; port=$${DGR2_SERVE_PORT:-3000}; \
-	packaged=$$($(BIN)/python -m components.serving.package --config configs/$(PROFILE).yaml --alias $$alias) \
+	packaged=$$($(BIN)/python -m flows.package --config configs/$(PROFILE).yaml --alias $$alias) \
 	  || { echo "make serve: nothing to serve (see above); DGR2_SERVE_ALIAS=challenger serves the challenger" >&2; exit 2; }; \
 	bento=$$(echo "$$packaged" | tail -n 1 | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["bento_tag"])'); \
 	echo "serving $$alias ($$packaged) at http://127.0.0.1:$$port  (POST /rerank, /readyz, /metrics)"; \

@@ -39,7 +39,7 @@ from components.candidates.examples import read_examples  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.decoding import ar, block, speculative  # noqa: E402
 from components.decoding.cache import InPlaceLayer  # noqa: E402
-from components.evaluation.runner import render_prompts  # noqa: E402
+from components.prompts.render import render_prompts  # noqa: E402
 from components.evaluation.stage import evaluation_examples  # noqa: E402
 from components.modeling.factory import load_model  # noqa: E402
 from components.prompts.catalog import load_catalog  # noqa: E402

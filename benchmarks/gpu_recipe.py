@@ -62,20 +62,19 @@ def run(config: str, overrides: list[str], out: Path, until: str) -> None:
     import torch
 
     from components.reporting import frontier_plot, recipe_summary_markdown, teacher_summary_markdown
-    from components.training.diffusion import RECIPE_STAGE_FUNCTIONS, recipe_summary, run_diffusion, teacher_model
-    from components.training.teacher import direct_runner, run_teacher
+    from components.recipe.run import direct_runner, recipe_summary, run_diffusion, run_teacher, teacher_model
 
     storage = [f"storage.artifact_root={BUNDLE / 'artifacts'}", f"storage.work_dir={BUNDLE / 'work'}"]
     cfg = load_config(config, storage + overrides)
     data = json.loads((BUNDLE / "data_outputs.json").read_text())
     started = time.perf_counter()
-    runner = direct_runner(cfg, RECIPE_STAGE_FUNCTIONS)
+    runner = direct_runner(cfg)
     inputs = (data["dataset_uri"], data["sid_uri"], data["examples_uri"])
     summary = run_teacher(cfg, *inputs, runner)
     render = teacher_summary_markdown
     if until != "teacher":
         diffusion = run_diffusion(cfg, teacher_model(summary), *inputs, summary["traces_uri"], runner, until)
-        summary = recipe_summary(summary, diffusion, teacher_model(summary))
+        summary = recipe_summary(summary, diffusion, teacher_model(summary), cfg.evaluation)
         render = recipe_summary_markdown
     summary["dataset_version"] = Path(data["dataset_uri"]).name
     summary["seconds"] = round(time.perf_counter() - started, 1)

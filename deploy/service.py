@@ -2,7 +2,7 @@
 
 BentoML stays at this edge: request checks, prompts, decoding and the fallback live in
 ``components/serving``. The model comes from the BentoML model store (``DGR2_BENTO_MODEL``,
-default the newest ``dgr2-reranker``), written there by ``components.serving.package``.
+default the newest ``dgr2-reranker``), written there by ``flows.package``.
 
 Environment:
     DGR2_BENTO_MODEL  the bundle to serve (``dgr2-reranker:<tag>``); packaging pins it in a Bento.

@@ -1,9 +1,9 @@
 """The ``recipe`` flow: data -> AR teacher -> block-diffusion conversion -> CFT -> OPD -> RL ->
 evaluate -> register -> promote -> package.
 
-The teacher's stages are the ``train-teacher`` flow's tasks; the diffusion stages add conversion,
-CFT, OPD, RL and the AR-vs-block speed comparison, and the evaluation task decodes converted
-models at each threshold tau. Every task is cached on its stage's content-addressed output, so
+Every stage is a task generated from the recipe's stage table (``flows.stages``), run in the order
+``components.recipe.run`` gives: the teacher's stages, then conversion, CFT, OPD, RL and the
+AR-vs-block speed comparison; the evaluation task decodes converted models at each threshold tau. Every task is cached on its stage's content-addressed output, so
 re-running an unchanged recipe trains nothing. ``until`` stops after an earlier stage. The summary
 is also written to ``<artifact_root>/reports/latest.json``, which ``dgr2 report`` prints.
 
@@ -23,112 +23,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from components import storage
-from components.baselines.stage import SASREC_STAGE
 from components.config import Config, load_config
-from components.evaluation.speed import SPEED_STAGE, compare_speed
-from components.evaluation.stage import EVALUATION_STAGE
-from components.modeling.build import BASE_MODEL_STAGE
+from components.recipe.run import recipe_summary, run_diffusion, run_teacher, summarize_stages, teacher_model
+from components.recipe.stages import STAGES
 from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
 from components.tracking.promotion import CHAMPION, GateMetrics, promote, reason
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
-from components.traces.build import TRACES_STAGE
-from components.training.diffusion import (
-    CFT_STAGE,
-    CONVERT_STAGE,
-    DIFFUSION_RL_STAGE,
-    OPD_STAGE,
-    recipe_summary,
-    run_cft,
-    run_convert,
-    run_diffusion,
-    run_diffusion_rl,
-    run_opd,
-    teacher_model,
-)
-from components.training.teacher import MIDTRAIN_STAGE, RL_STAGE, SFT_STAGE, run_teacher, summarize_stages, training_inputs
-from flows.caching import io_error, output_cache_key, task_runner
+from flows.caching import io_error, task_runner
 from flows.data import data_flow
-from flows.teacher import TEACHER_TASKS
+from flows.stages import STAGE_TASKS
 
 
-@task(name="convert", cache_key_fn=output_cache_key(CONVERT_STAGE, lambda p: {"model": p["model_uri"]}), persist_result=True)
-def convert_task(cfg: dict[str, Any], model_uri: str) -> dict[str, Any]:
-    return run_convert(Config.model_validate(cfg), model_uri).to_dict()
-
-
-@task(
-    name="cft",
-    cache_key_fn=output_cache_key(CFT_STAGE, lambda p: training_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["traces_uri"])),
-    persist_result=True,
-)
-def cft_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, traces_uri: str) -> dict[str, Any]:
-    return run_cft(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, traces_uri).to_dict()
-
-
-@task(
-    name="speed",
-    cache_key_fn=output_cache_key(
-        SPEED_STAGE,
-        lambda p: {
-            "student": p["student_uri"],
-            "teacher": p["teacher_uri"],
-            "dataset": p["dataset_uri"],
-            "sids": p["sid_uri"],
-            "examples": p["examples_uri"],
-        },
-    ),
-    persist_result=True,
-)
-def speed_task(cfg: dict[str, Any], student_uri: str, teacher_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
-    return compare_speed(Config.model_validate(cfg), student_uri, teacher_uri, dataset_uri, sid_uri, examples_uri).to_dict()
-
-
-@task(
-    name="opd",
-    cache_key_fn=output_cache_key(
-        OPD_STAGE,
-        lambda p: training_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"]) | {"teacher": p["teacher_uri"]},
-    ),
-    persist_result=True,
-)
-def opd_task(cfg: dict[str, Any], model_uri: str, teacher_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
-    return run_opd(Config.model_validate(cfg), model_uri, teacher_uri, dataset_uri, sid_uri, examples_uri).to_dict()
-
-
-@task(
-    name="diffusion-rl",
-    cache_key_fn=output_cache_key(
-        DIFFUSION_RL_STAGE, lambda p: training_inputs(p["model_uri"], p["dataset_uri"], p["sid_uri"], p["examples_uri"])
-    ),
-    persist_result=True,
-)
-def diffusion_rl_task(cfg: dict[str, Any], model_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, Any]:
-    return run_diffusion_rl(Config.model_validate(cfg), model_uri, dataset_uri, sid_uri, examples_uri).to_dict()
-
-
-RECIPE_TASKS = TEACHER_TASKS | {
-    "convert": convert_task,
-    "cft": cft_task,
-    "opd": opd_task,
-    "diffusion_rl": diffusion_rl_task,
-    "speed": speed_task,
-}
-# What names each task's output: its child run logs the spec's config sections as params.
-STAGE_SPECS = {
-    "traces": TRACES_STAGE,
-    "base_model": BASE_MODEL_STAGE,
-    "midtrain": MIDTRAIN_STAGE,
-    "sft": SFT_STAGE,
-    "rl": RL_STAGE,
-    "evaluate": EVALUATION_STAGE,
-    "convert": CONVERT_STAGE,
-    "cft": CFT_STAGE,
-    "opd": OPD_STAGE,
-    "diffusion_rl": DIFFUSION_RL_STAGE,
-    "speed": SPEED_STAGE,
-    "sasrec": SASREC_STAGE,
-}
 DATA_SECTIONS = ("data", "validation", "semantic_ids", "candidates", "prompts", "features")
 
 
@@ -164,7 +70,7 @@ def promote_task(
 def package_task(cfg: dict[str, Any], feature_store_dir: str | None) -> dict[str, Any]:
     """The champion and its AR teacher into the BentoML model store, then ``bentoml build``."""
     # BentoML is imported only when there is a champion to package: it adds seconds to every start.
-    from components.serving.package import package_service
+    from flows.package import package_service
 
     return asdict(package_service(Config.model_validate(cfg), feature_store_dir))
 
@@ -182,9 +88,10 @@ class _Lineage:
     model_runs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __call__(self, label: str, stage: str, result: dict[str, Any]) -> None:
-        run_id = self.runs.log_stage(label, STAGE_SPECS[stage], result)
+        spec = STAGES[stage].spec
+        run_id = self.runs.log_stage(label, spec, result)
         if "model_uri" in result["outputs"]:
-            self.model_runs[result["outputs"]["model_uri"]] = (run_id, STAGE_SPECS[stage].name)
+            self.model_runs[result["outputs"]["model_uri"]] = (run_id, spec.name)
 
 
 def _champion_start(config: Config) -> dict[str, str]:
@@ -287,7 +194,7 @@ def recipe_flow(
         flow_run = prefect_runtime.flow_run.id or ""
         runs = RecipeRuns.start(config, f"recipe {data['dataset_version']} until {until}", {"prefect_flow_run_id": str(flow_run), "dataset_version": data["dataset_version"]})
         lineage = _Lineage(runs)
-    run = task_runner(RECIPE_TASKS, cfg, get_run_logger(), on_stage=lineage)
+    run = task_runner(STAGE_TASKS, cfg, get_run_logger(), on_stage=lineage)
     try:
         if lineage is not None:
             lineage.runs.log_data(data, DATA_SECTIONS)

@@ -24,7 +24,7 @@ from components.tracking.registry import version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, log_to_run
 from flows.data import data_flow
 from flows.recipe import recipe_flow, resolve_config
-from flows.teacher import evaluate_task
+from flows.stages import STAGE_TASKS
 
 
 def _with_source(config: Config, source_uri: str) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def evaluate_champion_flow(config: str = "configs/tiny.yaml", overrides: list[st
     data = data_flow(cfg)
     outputs = data["outputs"]
     tau = str(settings.evaluation.serving_threshold)
-    report = evaluate_task(
+    report = STAGE_TASKS["evaluate"](
         cfg, version_checkpoint(settings, champion), outputs["dataset_uri"], outputs["sid_uri"], outputs["examples_uri"], tau, "gate"
     )
     now = GateMetrics.from_evaluation(report["metrics"]).scalars()

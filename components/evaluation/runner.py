@@ -12,23 +12,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from components.config import EvaluationConfig, PromptConfig
+from components.config import EvaluationConfig
 from components.evaluation.metrics import answer_metrics, answer_ranks
-from components.prompts.render import ItemCatalog, render_example
+from components.prompts.render import ItemCatalog
 from components.rank_metrics import floor_metrics, paired_difference_ci
 
 # What the comparison with the floor reports (DESIGN: Recall@1 and NDCG@3 are the headline metrics).
 FLOOR_COMPARISON_METRICS = ("recall_at_1", "ndcg_at_3")
 
 Decoder = Callable[[list[str]], Any]  # prompts -> a Generation (texts, output_tokens, seconds, ...)
-
-
-def render_prompts(tokenizer: Any, examples: pd.DataFrame, catalog: ItemCatalog, cfg: PromptConfig) -> list[str]:
-    """Chat-templated prompts, generation prompt included, one per example."""
-    return [
-        tokenizer.apply_chat_template(render_example(example, catalog, cfg), tokenize=False, add_generation_prompt=True)
-        for example in examples.to_dict("records")
-    ]
 
 
 def floor_comparison(ranks: np.ndarray, pre_ranks: np.ndarray, copied: np.ndarray, cfg: EvaluationConfig) -> dict[str, Any]:
@@ -93,7 +85,7 @@ def evaluate_decoder(
     Args:
         decode: turns prompts into a generation with ``texts``, ``output_tokens``, ``seconds``
             and ``decode_tokens_per_s``.
-        prompts: one rendered prompt per example (see :func:`render_prompts`).
+        prompts: one rendered prompt per example (see :func:`components.prompts.render.render_prompts`).
         examples: the re-ranking examples the prompts came from (candidates in pre-rank order).
         catalog: gives each item its SID.
         cfg: bootstrap samples, confidence and seed.

@@ -18,12 +18,12 @@ import torch
 from components import storage
 from components.candidates.examples import read_examples
 from components.config import Config
-from components.evaluation.runner import render_prompts
 from components.decoding.ar import Generation
 from components.decoding.speculative import SpeculativeGeneration
 from components.evaluation.stage import evaluation_examples, model_decoder, speculative_decoder
 from components.modeling.factory import load_model
 from components.prompts.catalog import load_catalog
+from components.prompts.render import render_prompts
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
 SPEED_STAGE = StageSpec("speed", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding"))
@@ -38,6 +38,10 @@ def _timed(decode: Any, prompts: list[str]) -> tuple[dict[str, float], Generatio
         "seconds": round(generation.seconds, 2),
     }
     return entry, generation
+
+
+def speed_inputs(student_uri: str, teacher_uri: str, dataset_uri: str, sid_uri: str, examples_uri: str) -> dict[str, str]:
+    return {"student": student_uri, "teacher": teacher_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
 
 
 def compare_speed(
@@ -57,8 +61,7 @@ def compare_speed(
         all but AR's also carry ``speedup`` over AR, and the speculative one its mean accepted
         draft length and the share of prompts whose output is the AR decoder's.
     """
-    inputs = {"student": student_uri, "teacher": teacher_uri, "dataset": dataset_uri, "sids": sid_uri, "examples": examples_uri}
-    uri = SPEED_STAGE.output_uri(cfg, inputs)
+    uri = SPEED_STAGE.output_uri(cfg, speed_inputs(student_uri, teacher_uri, dataset_uri, sid_uri, examples_uri))
     if (cached := cached_result(uri, "speed_uri", cfg.storage.work_dir)) is not None:
         return cached
     work_dir = cfg.storage.work_dir

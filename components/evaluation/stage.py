@@ -20,10 +20,11 @@ from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
 from components.decoding.speculative import generate_speculative
-from components.evaluation.runner import evaluate_decoder, render_prompts
+from components.evaluation.runner import evaluate_decoder
 from components.modeling.block_diffusion import is_block_diffusion
 from components.modeling.factory import load_model
 from components.prompts.catalog import load_catalog
+from components.prompts.render import render_prompts
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
 EVALUATION_STAGE = StageSpec(

@@ -240,6 +240,14 @@ def render_example(example: Mapping[str, Any], items: ItemCatalog, cfg: PromptCo
     )
 
 
+def render_prompts(tokenizer: Any, examples: pd.DataFrame, catalog: ItemCatalog, cfg: PromptConfig) -> list[str]:
+    """Chat-templated prompts, generation prompt included, one per example."""
+    return [
+        tokenizer.apply_chat_template(render_example(example, catalog, cfg), tokenize=False, add_generation_prompt=True)
+        for example in examples.to_dict("records")
+    ]
+
+
 def render_answer(reasoning: str, ranking_sids: Sequence[str], candidate_sids: Sequence[str] | None = None) -> str:
     """The assistant message: compact JSON, reasoning before ranking.
 

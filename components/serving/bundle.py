@@ -1,6 +1,6 @@
 """What the service loads: checkpoints plus the config and feature-store location, in one directory.
 
-Packaging writes it into the BentoML model store (``components/serving/package.py``), so a built
+Packaging writes it into the BentoML model store (``flows/package.py``), so a built
 Bento holds its models and needs neither the MLflow server nor the artifact root at run time.
 Layout::
 

@@ -34,8 +34,7 @@ from components.config import PromptConfig, RlConfig
 from components.decoding.ar import Generation, generate
 from components.decoding.block import generate_blocks
 from components.modeling.block_diffusion import block_diffusion_spec
-from components.evaluation.runner import render_prompts
-from components.prompts.render import ItemCatalog
+from components.prompts.render import ItemCatalog, render_prompts
 from components.training.dapo import dapo_loss, dynamic_sampling_mask, group_advantages
 from components.training.logprobs import completion_logprobs
 from components.training.loop import LossFn

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,16 @@ from typing import Any
 import pandas as pd
 
 from components import storage
-from components.baselines.stage import evaluation_report, run_sasrec
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config, TrainingConfig
 from components.data.ingest import load_dataset
 from components.data.splits import training_interactions
-from components.evaluation.stage import evaluate_model
-from components.modeling.build import build_base_model
 from components.modeling.factory import load_model, save_model
 from components.prompts.catalog import load_catalog
 from components.prompts.midtrain import candidate_recall_examples, caption_examples, next_item_examples
 from components.prompts.render import ItemCatalog, answer_candidates, render_example
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.traces.build import build_traces, read_traces
+from components.traces.build import read_traces
 from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
 from components.training.midtrain import encode_pairs
 from components.training.rl import RerankPrompt, ar_policy, dapo_loss_fn, frozen_copy, rerank_prompts
@@ -259,106 +255,3 @@ def prompt_stage(
         return batches, make_loss(model, tokenizer, prompts)
 
     return train_stage(cfg, spec, training, inputs, build)
-
-
-# The teacher's stages by name; a StageRunner runs one of them on the config and input URIs.
-TEACHER_STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
-    "traces": build_traces,
-    "base_model": build_base_model,
-    "midtrain": run_midtrain,
-    "sft": run_sft,
-    "rl": run_rl,
-    "evaluate": evaluate_model,
-    "sasrec": run_sasrec,
-}
-# (label, stage name, *input URIs) -> the stage's ``StageResult.to_dict()`` plus ``seconds``.
-StageRunner = Callable[..., dict[str, Any]]
-
-# What the summary's stage table shows of each stage's metrics.
-_FACTS = {
-    "traces": ("acceptance_rate", "dropped", "mean_trace_length"),
-    "base_model": ("parameters", "vocab_size"),
-    "midtrain": ("candidate_recall_examples", "final_loss", "steps", "tokens_per_s"),
-    "sft": ("examples", "final_loss", "steps", "tokens_per_s"),
-    "rl": ("prompts", "steps", "tokens_per_s"),
-    "convert": ("block_size", "parameters"),
-    "cft": ("examples", "final_loss", "steps", "tokens_per_s"),
-    "opd": ("prompts", "final_loss", "steps", "tokens_per_s"),
-    "diffusion_rl": ("prompts", "steps", "tokens_per_s"),
-    "sasrec": ("epochs", "final_loss", "train_seconds"),
-}
-
-
-def direct_runner(cfg: Config, functions: dict[str, Callable[..., StageResult]] = TEACHER_STAGE_FUNCTIONS) -> StageRunner:
-    """Run each stage in this process, timed (the orchestrator's runner adds caching and retries)."""
-
-    def run(_label: str, stage: str, *inputs: str) -> dict[str, Any]:
-        started = time.perf_counter()
-        result = functions[stage](cfg, *inputs).to_dict()
-        return result | {"seconds": round(time.perf_counter() - started, 2)}
-
-    return run
-
-
-def run_teacher(
-    cfg: Config, dataset_uri: str, sid_uri: str, examples_uri: str, run: StageRunner, start_model_uri: str = ""
-) -> dict[str, Any]:
-    """The AR teacher's stage sequence: traces -> base model -> mid-training -> SFT -> RL, then evaluation.
-
-    The SFT and RL models are both evaluated, so the summary shows what RL adds; SFT on the
-    ``quick`` scope when RL follows it.
-
-    Args:
-        cfg: run config (``midtrain.enabled``, ``rl.enabled`` and ``sasrec.enabled`` skip those stages).
-        dataset_uri, sid_uri, examples_uri: the data flow's outputs.
-        run: runs one stage (:func:`direct_runner`, or the Prefect flow's cached tasks).
-        start_model_uri: warm start: mid-training (or SFT) starts from this model (the champion's
-            teacher, on retraining) instead of a freshly built base model.
-
-    Returns:
-        ``models`` (label -> model URI), ``evaluations`` (label -> evaluation report; the SASRec
-        baseline's too, though it is no model of the recipe and is never registered),
-        ``traces_uri`` and :func:`summarize_stages`' ``stages`` and ``stage_metrics``.
-    """
-    stages: dict[str, dict[str, Any]] = {}
-    if cfg.sasrec.enabled:
-        # The baseline needs only the data; its row heads the table, before the models it is a baseline for.
-        stages["sasrec"] = run("sasrec", "sasrec", dataset_uri, examples_uri)
-    stages["traces"] = run("traces", "traces", dataset_uri, sid_uri, examples_uri)
-    traces_uri = stages["traces"]["outputs"]["traces_uri"]
-    model_uri = start_model_uri
-    if not model_uri:
-        stages["base_model"] = run("base_model", "base_model", dataset_uri, sid_uri, examples_uri, traces_uri)
-        model_uri = stages["base_model"]["outputs"]["model_uri"]
-    if cfg.midtrain.enabled:
-        stages["midtrain"] = run("midtrain", "midtrain", model_uri, dataset_uri, sid_uri, examples_uri)
-        model_uri = stages["midtrain"]["outputs"]["model_uri"]
-    stages["sft"] = run("sft", "sft", model_uri, dataset_uri, sid_uri, traces_uri)
-    models = {"SFT": stages["sft"]["outputs"]["model_uri"]}
-    if cfg.rl.enabled:
-        stages["rl"] = run("rl", "rl", models["SFT"], dataset_uri, sid_uri, examples_uri)
-        models["SFT+RL"] = stages["rl"]["outputs"]["model_uri"]
-    evaluations = {"SASRec": evaluation_report(stages["sasrec"]["metrics"])} if "sasrec" in stages else {}
-    teacher_label = list(models)[-1]
-    for name, uri in models.items():
-        # The model the student starts from is scored on every test user; SFT before RL may be quick.
-        scope = "" if name == teacher_label else "quick"
-        stages[f"evaluate {name}"] = run(f"evaluate {name}", "evaluate", uri, dataset_uri, sid_uri, examples_uri, "", scope)
-        evaluations[name] = stages[f"evaluate {name}"]["metrics"]
-    return {"models": models, "evaluations": evaluations, "traces_uri": traces_uri} | summarize_stages(stages)
-
-
-def summarize_stages(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``stages``: seconds, cached and headline facts per stage; ``stage_metrics``: all metrics of
-    every stage but the evaluations (whose reports are the summary's ``evaluations``)."""
-    return {
-        "stages": {
-            name: {
-                "seconds": stage["seconds"],
-                "cached": bool(stage.get("cached")),
-                "facts": {k: stage["metrics"][k] for k in _FACTS.get(name, ()) if k in stage["metrics"]},
-            }
-            for name, stage in stages.items()
-        },
-        "stage_metrics": {name: stage["metrics"] for name, stage in stages.items() if not name.startswith("evaluate")},
-    }

@@ -2,7 +2,7 @@
 
 Once per module: a tiny catalog in a materialized Feast store, a random tiny student and its AR
 teacher registered in MLflow (the student as ``diffusion-gr2@champion`` with the teacher in its
-lineage), ``python -m components.serving.package`` importing both into a BentoML model store and
+lineage), ``python -m flows.package`` importing both into a BentoML model store and
 building the Bento, and ``bentoml serve`` of that Bento on 127.0.0.1 with an API key. Untrained
 models never write a valid answer, so every ranking is the fallback.
 """
@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from components.config import load_config
-from components.serving.package import PackagingError, package_service
+from flows.package import PackagingError, package_service
 from components.tracking.registry import register
 from components.tracking.runs import RecipeRuns, client
 from components.training.diffusion import DIFFUSION_RL_STAGE
@@ -88,7 +88,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     _register_models(overrides, root)
     env = {**os.environ, "BENTOML_HOME": str(root / "bentoml")}
     sets = [arg for override in overrides for arg in ("--set", override)]
-    args = [sys.executable, "-m", "components.serving.package", *sets, "--feature-store", str(store_dir)]
+    args = [sys.executable, "-m", "flows.package", *sets, "--feature-store", str(store_dir)]
     tags = _package(args, env)
     assert tags["student"] == "diffusion-gr2/1" and tags["teacher"] == "gr2-ar/1" and tags["bento_tag"]
     return Packaged(root, env, overrides, args, tags)

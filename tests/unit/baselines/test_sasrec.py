@@ -18,7 +18,7 @@ from components.candidates.sasrec import SASRec, left_padded, next_item_states, 
 from components.config import CandidatesConfig, ConfigError, SasrecConfig, load_config
 from components.evaluation.runner import FLOOR_COMPARISON_METRICS
 from components.reporting import teacher_summary_markdown
-from components.training.teacher import run_teacher
+from components.recipe.run import run_teacher
 
 SMALL = SasrecConfig(hidden_size=16, layers=1, max_len=8, dropout=0.0, epochs=20, batch_size=32, learning_rate=1e-2)
 

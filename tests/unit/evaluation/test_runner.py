@@ -7,7 +7,8 @@ import pytest
 
 from components.config import EvaluationConfig, ModelConfig, PromptConfig
 from components.decoding import generate
-from components.evaluation.runner import evaluate_decoder, paired_comparison, render_prompts
+from components.evaluation.runner import evaluate_decoder, paired_comparison
+from components.prompts.render import render_prompts
 from components.modeling.factory import build_model
 from components.modeling.tokenizer import build_tokenizer
 from components.prompts.render import render_answer, render_messages

@@ -25,7 +25,7 @@ from components.serving.engine import ModelInfo
 from components.serving.request import Decoder
 
 BUNDLE_NAME = "dgr2-reranker"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO_ROOT / "deploy" / "bentofile.yaml"
 # The service reads the bundle to serve from this variable (deploy/service.py).
 BUNDLE_ENV = "DGR2_BENTO_MODEL"
@@ -187,7 +187,7 @@ def package_service(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m components.serving.package``: package a registered version, print its tags as JSON."""
+    """``python -m flows.package``: package a registered version, print its tags as JSON."""
     import argparse
 
     from components.config import ConfigError, load_config

@@ -1,5 +1,5 @@
 """The stage launcher: a real training stage (CFT, through ``run_cft`` and ``train_stage``) run by
-``python -m components.training.launch`` on 2 CPU ranks under torchrun publishes the model that one
+``python -m components.recipe.launch`` on 2 CPU ranks under torchrun publishes the model that one
 process publishes, at the URI the flow's task would look for."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from components.modeling.tokenizer import build_tokenizer
 from components.prompts import CatalogItem, ItemCatalog, render_answer, render_messages
 from components.semantic_ids.format import all_sid_tokens, sid_string
 from components.training.diffusion import CFT_STAGE
-from components.training.launch import main, stage_inputs
+from components.recipe.launch import main, stage_inputs
 from components.training.teacher import training_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -128,7 +128,7 @@ def test_cft_on_two_ranks_publishes_what_one_process_publishes(inputs: dict[str,
         env.pop(name, None)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "components.training.launch", *_arguments(inputs, tmp_path / "ddp"),
+        "-m", "components.recipe.launch", *_arguments(inputs, tmp_path / "ddp"),
     ]  # fmt: skip
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -1,15 +1,15 @@
 """Run one training stage outside Prefect: in one process, or on several under ``torchrun`` (DDP).
 
-Every rank runs the same stage function the flows call (``components.training.diffusion.
-RECIPE_STAGE_FUNCTIONS``); the shared loop joins the process group from torchrun's environment,
+Every rank runs the same stage function the flows call (a row of ``components.recipe.stages.
+STAGES``); the shared loop joins the process group from torchrun's environment,
 every rank trains on its slice of each batch, and rank 0 alone publishes the model and prints
 the stage's result as one JSON object on stdout. The output goes to the same content-addressed
 URI the flow's task would compute, so a later ``dgr2`` run with the same config and inputs finds
 it and trains nothing::
 
-    python -m components.training.launch sft --config configs/tiny.yaml \\
+    python -m components.recipe.launch sft --config configs/tiny.yaml \\
         --input model=URI --input dataset=URI --input sid=URI --input traces=URI
-    python -m torch.distributed.run --standalone --nproc_per_node=8 -m components.training.launch cft \\
+    python -m torch.distributed.run --standalone --nproc_per_node=8 -m components.recipe.launch cft \\
         --config configs/paper-8b.yaml --set model.base_model=/models/Qwen3-8B \\
         --input model=URI --input dataset=URI --input sid=URI --input traces=URI
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -35,18 +34,17 @@ from collections.abc import Sequence
 from components.config import ConfigError, load_config
 from components.stage import StageResult
 from components.storage import StorageError
-from components.training.diffusion import RECIPE_STAGE_FUNCTIONS
+from components.recipe.stages import STAGES
 
 # The stages that train with the shared loop. The others (traces, base_model, convert, evaluate,
 # speed) have no DDP path: under torchrun every rank would repeat the same work.
-TRAINING_STAGES = ("midtrain", "sft", "rl", "cft", "opd", "diffusion_rl")
+TRAINING_STAGES = tuple(name for name, stage in STAGES.items() if stage.trains)
 _URI_SUFFIX = "_uri"
 
 
 def stage_inputs(stage: str) -> list[str]:
     """The ``--input`` names a training stage takes, in its function's argument order."""
-    parameters = inspect.signature(RECIPE_STAGE_FUNCTIONS[stage]).parameters
-    return [name.removesuffix(_URI_SUFFIX) for name in parameters if name.endswith(_URI_SUFFIX)]
+    return [name.removesuffix(_URI_SUFFIX) for name in STAGES[stage].input_names if name.endswith(_URI_SUFFIX)]
 
 
 def _parse_inputs(stage: str, items: Sequence[str]) -> list[str]:
@@ -89,13 +87,13 @@ def run_stage(stage: str, config: str | None, overrides: Sequence[str], inputs: 
     batch_size = getattr(cfg, stage).training(cfg.training).batch_size
     if batch_size % world_size:
         raise ConfigError(f"{stage}.batch_size {batch_size} is not a multiple of the {world_size} processes")
-    return RECIPE_STAGE_FUNCTIONS[stage](cfg, *uris)
+    return STAGES[stage].function(cfg, *uris)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (2 for a bad config, input or missing output)."""
     parser = argparse.ArgumentParser(
-        prog="python -m components.training.launch",
+        prog="python -m components.recipe.launch",
         description="Run one training stage in this process or, under torchrun, on every rank (DDP).",
         epilog="\n".join(f"{stage}: --input {' --input '.join(f'{n}=URI' for n in stage_inputs(stage))}" for stage in TRAINING_STAGES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
