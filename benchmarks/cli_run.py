@@ -25,7 +25,7 @@ def run_dgr2(command: str, config: str, overrides: list[str], env: dict[str, str
     Returns:
         ``(wall seconds, the command's JSON summary)``; exits with the command's stderr tail if it fails.
     """
-    argv = [sys.executable, "-m", "components.cli", command, "--config", config, "--json"]
+    argv = [sys.executable, "-m", "cli", command, "--config", config, "--json"]
     argv += [arg for item in overrides for arg in ("--set", item)]
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False)

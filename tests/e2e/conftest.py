@@ -13,5 +13,5 @@ from tests.conftest import REPO_ROOT
 def dgr2(args: list[str], home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
     return subprocess.run(
-        [sys.executable, "-m", "components.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
     )

@@ -25,7 +25,7 @@ def test_the_recipe_uses_the_stack(make_stack: Callable[..., Stack], beauty_slic
     urls = stack.up()
     env = {**stack.env, **stack.exports(), "PREFECT_HOME": str(tmp_path / "prefect-client")}
     done = subprocess.run(
-        [sys.executable, "-m", "components.cli", "train-cft", "--config", "configs/tiny.yaml", *_recipe_overrides(beauty_slice, tmp_path), "--json"],
+        [sys.executable, "-m", "cli", "train-cft", "--config", "configs/tiny.yaml", *_recipe_overrides(beauty_slice, tmp_path), "--json"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]

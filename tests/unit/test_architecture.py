@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("components", "flows", "deploy", "feature_repo")
+SOURCE_DIRS = ("components", "flows", "deploy", "feature_repo", "cli")
 
 # The one rule: parts in layers, lowest first. A module imports its own part or a part of a lower
 # layer; parts of the same layer (training and evaluation; the CLI and deploy) know nothing of
@@ -36,7 +36,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
     {"Tracking": ("components.tracking",)},
     {"Serving": ("components.serving",)},
     {"Flows": ("flows",)},
-    {"CLI": ("components.cli",), "Deploy": ("deploy",)},
+    {"CLI": ("cli",), "Deploy": ("deploy",)},
 )
 PARTS = {part: prefixes for layer in LAYERS for part, prefixes in layer.items()}
 LAYER_OF = {part: index for index, layer in enumerate(LAYERS) for part in layer}
