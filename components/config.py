@@ -404,6 +404,12 @@ class ServingConfig(_Section):
     # Adaptive batching: concurrent requests wait at most this long to share one decode.
     max_batch_size: int = Field(16, ge=1)
     max_batch_wait_ms: float = Field(10.0, ge=0.0)
+    # A request waits at most this long for its decode; then it gets the pre-rank order with
+    # fallback_reason "deadline" instead of a client-side timeout.
+    deadline_ms: float = Field(30000.0, gt=0.0)
+    # Requests queued or decoding at once in a worker; beyond it the service answers 429 with
+    # Retry-After, so latency stays bounded under overload instead of growing with the queue.
+    max_pending: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _threshold_range(self) -> "ServingConfig":

@@ -1,11 +1,12 @@
 """The BentoML re-ranking service: ``POST /rerank`` over the packaged Diffusion-GR2 model.
 
 BentoML stays at this edge: request checks, prompts, decoding and the fallback live in
-``components/serving``. The model comes from the BentoML model store (``DGR2_BENTO_MODEL``,
-default the newest ``dgr2-reranker``), written there by ``flows.package``.
+``components/serving``. The model comes from the BentoML model store, written there by
+``flows.package``: in a built Bento, the bundle the Bento was built with (its ``bento.yaml``).
 
 Environment:
-    DGR2_BENTO_MODEL  the bundle to serve (``dgr2-reranker:<tag>``); packaging pins it in a Bento.
+    DGR2_BENTO_MODEL  the bundle to build a Bento around, or to serve from the source tree
+                      (``dgr2-reranker:<tag>``; default the newest). A built Bento ignores it.
     DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``.
 """
 
@@ -14,19 +15,20 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 import bentoml
 from starlette.responses import JSONResponse
 
-from components.serving.batching import MicroBatcher
-from components.serving.bundle import load_reranker
+from components.serving.batching import MicroBatcher, Overloaded
+from components.serving.bundle import bundle_to_serve, load_reranker
 from components.serving.engine import Prepared
 from components.serving.request import RequestError, parse_json, parse_request
 
-BUNDLE_TAG = os.environ.get("DGR2_BENTO_MODEL", "dgr2-reranker:latest")
+BUNDLE_TAG = bundle_to_serve(__file__)
 API_KEY_ENV = "DGR2_API_KEY"
 RERANK_PATH = "/rerank"
 logger = logging.getLogger("dgr2.service")
@@ -45,6 +47,11 @@ REJECTED = bentoml.metrics.Counter(
     name="dgr2_rerank_rejected",
     documentation="Refused re-rank requests, by HTTP status and offending field.",
     labelnames=["status", "field"],
+)
+FALLBACKS = bentoml.metrics.Counter(
+    name="dgr2_rerank_fallbacks",
+    documentation="Answers that are the pre-rank order, by decoder and why (invalid_answer, decode_error, deadline).",
+    labelnames=["decoder", "reason"],
 )
 DECODE_ERRORS = bentoml.metrics.Counter(
     name="dgr2_rerank_decode_errors",
@@ -74,9 +81,9 @@ class GuardSettings:
 GUARD = GuardSettings()
 
 
-def _reject(error: RequestError) -> JSONResponse:
+def _reject(error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
     REJECTED.labels(status=str(error.status), field=error.field).inc()
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 class RequestGuard:
@@ -165,8 +172,9 @@ class ReRanker:
         cfg = self.reranker.cfg
         GUARD.max_body_bytes = cfg.serving.max_body_bytes
         self.batcher: MicroBatcher[Prepared, dict[str, Any]] = MicroBatcher(
-            self._decode_batch, cfg.serving.max_batch_size, cfg.serving.max_batch_wait_ms / 1000
+            self._decode_batch, cfg.serving.max_batch_size, cfg.serving.max_batch_wait_ms / 1000, cfg.serving.max_pending
         )
+        self.deadline_s = cfg.serving.deadline_ms / 1000
         self.counts: dict[str, list[int]] = {}  # decoder -> [answered, fell back]
         self.reranker.warm_up()
         self.ready = True
@@ -180,14 +188,17 @@ class ReRanker:
         try:
             return self.reranker.decode(key, batch)
         except Exception:  # noqa: BLE001 - the service never answers without a ranking
-            logger.exception("decoding a batch of %d failed; answering with the pre-rank order", len(batch))
+            # Logged once per batch with its request ids; the clients see only the fallback reason.
+            logger.exception("decode failed for requests %s; answering with the pre-rank order", ", ".join(p.request_id for p in batch))
             DECODE_ERRORS.labels(decoder=key[0]).inc(len(batch))
-            return [self.reranker.fallback_answer(p) for p in batch]
+            return [self.reranker.fallback_answer(p, "decode_error") for p in batch]
 
     def _count(self, decoder: str, response: dict[str, Any]) -> None:
         answered, fell_back = self.counts.setdefault(decoder, [0, 0])
         self.counts[decoder] = [answered + 1, fell_back + int(response["fallback"])]
         RESPONSES.labels(decoder=decoder, fallback=str(response["fallback"]).lower()).inc()
+        if response["fallback"]:
+            FALLBACKS.labels(decoder=decoder, reason=response["fallback_reason"]).inc()
         FALLBACK_RATE.labels(decoder=decoder).set(self.counts[decoder][1] / self.counts[decoder][0])
         FORWARD_PASSES.labels(decoder=decoder).observe(response["decode"]["forward_passes"])
 
@@ -200,19 +211,25 @@ class ReRanker:
         Body: ``{"user_id": str}`` or ``{"history": [item_id, ...]}``, ``"candidates": [item_id, ...]``
         in pre-rank order (the trained list size), optional ``"decoder": "diffusion" | "ar" | "speculative"``,
         ``"threshold"`` (tau, diffusion only) and ``"return_reasoning"``. Answer: ``ranking``
-        (item ids; the pre-rank order with ``fallback: true`` when the model's output is not a
-        permutation of the candidates), ``valid``, ``fallback``, ``model`` and ``decode``.
-        Errors name the ``field`` and the ``reason``.
+        (item ids; the pre-rank order with ``fallback: true`` when there is no usable model
+        output), ``valid``, ``fallback``, ``fallback_reason`` (``invalid_answer``, ``decode_error``
+        or ``deadline``; None otherwise), ``model``, ``decode`` and ``request_id`` (as logged).
+        Errors name the ``field`` and the ``reason``; a full queue answers 429 with ``Retry-After``.
         """
+        request_id = uuid.uuid4().hex[:16]
         try:
             request = parse_request(body, self.reranker.cfg, self.reranker.allowed_sizes)
             # Feature-store reads block; keep them off the event loop that accepts requests.
-            prepared = await anyio.to_thread.run_sync(self.reranker.prepare, request)
+            prepared = replace(await anyio.to_thread.run_sync(self.reranker.prepare, request), request_id=request_id)
+            response = await self.batcher.submit(self.reranker.batch_key(prepared), prepared, self.deadline_s)
         except RequestError as error:
             return _reject(error)
-        response = await self.batcher.submit(self.reranker.batch_key(prepared), prepared)
+        except Overloaded as error:
+            return _reject(RequestError(429, "queue", f"the service is at capacity: {error}"), {"Retry-After": "1"})
+        except TimeoutError:
+            response = self.reranker.fallback_answer(prepared, "deadline")
         self._count(request.decoder, response)
-        return response
+        return response | {"request_id": request_id}
 
 
 ReRanker.add_asgi_middleware(RequestGuard, settings=GUARD)

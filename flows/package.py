@@ -20,15 +20,12 @@ from typing import Any, Mapping
 
 from components import storage
 from components.config import Config
-from components.serving.bundle import write_bundle
+from components.serving.bundle import BUNDLE_ENV, BUNDLE_NAME, write_bundle
 from components.serving.engine import ModelInfo
 from components.serving.request import Decoder
 
-BUNDLE_NAME = "dgr2-reranker"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO_ROOT / "deploy" / "bentofile.yaml"
-# The service reads the bundle to serve from this variable (deploy/service.py).
-BUNDLE_ENV = "DGR2_BENTO_MODEL"
 
 
 class PackagingError(RuntimeError):
@@ -40,7 +37,7 @@ class PackagedService:
     model_tag: str  # the bundle in the BentoML model store, dgr2-reranker:<version>
     bento_tag: str | None  # the built Bento, dgr2-reranker:<version>; None when not built
     student: str  # diffusion-gr2/<version>
-    teacher: str | None  # gr2-ar/<version>, when the lineage names one
+    teacher: str  # gr2-ar/<version>, as the lineage names it
 
 
 def _checkpoint_dir(cfg: Config, version: Any) -> Path:
@@ -51,20 +48,26 @@ def _checkpoint_dir(cfg: Config, version: Any) -> Path:
     return storage.fetch_dir(uri, cfg.storage.work_dir) if storage.is_s3(uri) else Path(uri)
 
 
-def _teacher_version(cfg: Config, student: Any) -> Any | None:
-    """The AR teacher the student's lineage tag names (``gr2-ar/<n>``), if it is registered."""
+def _teacher_version(cfg: Config, student: Any) -> Any:
+    """The AR teacher the student's lineage tag names (``gr2-ar/<n>``).
+
+    Raises:
+        PackagingError: the tag names no registered teacher. The service's ``ar`` and
+            ``speculative`` decoders need it, so a Bento without it would offer decoders it lacks.
+    """
     from mlflow.exceptions import MlflowException
 
     from components.tracking.runs import client
 
     parent = student.tags.get("parent_model_version", "")
     name, _, number = parent.partition("/")
+    where = f"{student.name}/{student.version}'s parent_model_version tag"
     if name != cfg.tracking.teacher_model_name or not number.isdigit():
-        return None
+        raise PackagingError(f"{where} is {parent!r}, not {cfg.tracking.teacher_model_name}/<version>: no AR teacher to package")
     try:
         return client(cfg).get_model_version(name, number)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        raise PackagingError(f"{where} names {parent}, which the registry cannot return: {exc.message}") from exc
 
 
 def feature_store_of(cfg: Config, dataset_version: str) -> Path:
@@ -147,8 +150,8 @@ def package_service(
         The bundle's model tag, the Bento's tag and the versions packaged.
 
     Raises:
-        PackagingError: no student version at ``alias`` (nothing promoted yet), no feature store,
-            or the build failed.
+        PackagingError: no student version at ``alias`` (nothing promoted yet), no registered AR
+            teacher in its lineage, no feature store, or the build failed.
     """
     from mlflow.exceptions import MlflowException
 
@@ -169,20 +172,19 @@ def package_service(
                 "new version and promotes it only when it beats the pre-rank floor on valid; `dgr2 report` shows "
                 "the last run's gate checks"
             )
+    teacher = _teacher_version(cfg, student)
     if feature_store_dir is None:
         feature_store_dir = feature_store_of(cfg, student.tags.get("dataset_version", ""))
     checkpoints: dict[Decoder, tuple[str | Path, ModelInfo]] = {
         "diffusion": (_checkpoint_dir(cfg, student), ModelInfo(name, str(student.version), None if version else alias))
     }
-    teacher = _teacher_version(cfg, student)
-    if teacher is not None:
-        checkpoints["ar"] = (_checkpoint_dir(cfg, teacher), ModelInfo(teacher.name, str(teacher.version), None))
+    checkpoints["ar"] = (_checkpoint_dir(cfg, teacher), ModelInfo(teacher.name, str(teacher.version), None))
     model_tag = import_bundle(cfg, feature_store_dir, checkpoints)
     return PackagedService(
         model_tag=model_tag,
         bento_tag=build_bento(model_tag) if build else None,
         student=f"{name}/{student.version}",
-        teacher=f"{teacher.name}/{teacher.version}" if teacher is not None else None,
+        teacher=f"{teacher.name}/{teacher.version}",
     )
 
 

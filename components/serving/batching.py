@@ -4,7 +4,10 @@ BentoML's own batching (``@bentoml.api(batchable=True)``) needs an API whose bod
 a call from one API method to another bypasses its dispatcher; ``/rerank`` takes one object per
 request, so the service batches here instead. Requests queue while a decode runs; the next decode
 takes everything waiting (up to ``max_batch_size``), so batches grow with load and a lone request
-waits at most ``max_wait_s``.
+waits at most ``max_wait_s``. Two limits keep latency bounded under overload: at most
+``max_pending`` requests queue or decode at once (a further one gets :class:`Overloaded`, which the
+service answers with 429 and ``Retry-After``), and a caller waits at most its ``deadline_s``
+(``TimeoutError``; the service answers with the pre-rank order).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Overloaded(RuntimeError):
+    """``max_pending`` requests are already queued or decoding: retry later."""
+
+
 class MicroBatcher(Generic[T, R]):
     """Collects ``submit``ted items and runs them through ``run(key, items)`` in batches.
 
@@ -25,26 +32,43 @@ class MicroBatcher(Generic[T, R]):
     requests while the model decodes.
     """
 
-    def __init__(self, run: Callable[[Hashable, list[T]], list[R]], max_batch_size: int, max_wait_s: float) -> None:
-        if max_batch_size < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_size must be positive and max_wait_s non-negative")
+    def __init__(
+        self, run: Callable[[Hashable, list[T]], list[R]], max_batch_size: int, max_wait_s: float, max_pending: int | None = None
+    ) -> None:
+        if max_batch_size < 1 or max_wait_s < 0 or (max_pending is not None and max_pending < 1):
+            raise ValueError("max_batch_size and max_pending must be positive and max_wait_s non-negative")
         self._run = run
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
+        self._max_pending = max_pending
+        self.pending = 0  # submitted and not yet answered
         self._queue: asyncio.Queue[tuple[Hashable, T, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         # Sizes of the batches run so far, newest last (a bounded window, for metrics and tests).
         self.batch_sizes: list[int] = []
 
-    async def submit(self, key: Hashable, item: T) -> R:
-        """Queue ``item`` and wait for its result (or the exception its batch raised)."""
+    async def submit(self, key: Hashable, item: T, deadline_s: float | None = None) -> R:
+        """Queue ``item`` and wait for its result (or the exception its batch raised).
+
+        Raises:
+            Overloaded: ``max_pending`` items are already waiting; nothing was queued.
+            TimeoutError: no result within ``deadline_s``; the item leaves the queue if its
+                decode has not started.
+        """
+        if self._max_pending is not None and self.pending >= self._max_pending:
+            raise Overloaded(f"{self.pending} requests are already queued or decoding (serving.max_pending)")
         if self._queue is None:
             # Created on first use: the queue and the worker belong to the serving event loop.
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((key, item, future))
-        return await future
+        self.pending += 1
+        try:
+            await self._queue.put((key, item, future))
+            # A cancelled future is skipped by the batch it would have joined.
+            return await asyncio.wait_for(future, deadline_s)
+        finally:
+            self.pending -= 1
 
     async def _drain(self) -> None:
         assert self._queue is not None

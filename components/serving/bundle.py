@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+import yaml
 
 from components.config import Config
 from components.modeling.factory import load_model
@@ -26,9 +27,37 @@ from components.serving.engine import FeastFeatures, ModelInfo, Reranker, Served
 from components.serving.request import Decoder
 
 MANIFEST = "serving.json"
+# The bundles' name in the BentoML model store; packaging sets BUNDLE_ENV to the one it builds a
+# Bento around.
+BUNDLE_NAME = "dgr2-reranker"
+BUNDLE_ENV = "DGR2_BENTO_MODEL"
 # Where a Bento finds the feature store when it runs on another machine than the one that packaged
 # it (the manifest records the packaging machine's directory).
 FEATURE_STORE_ENV = "DGR2_FEATURE_STORE_DIR"
+
+
+def bundle_to_serve(service_file: str | Path, environ: Mapping[str, str] = os.environ) -> str:
+    """The bundle a service loads.
+
+    Inside a built Bento (``<bento>/src/deploy/service.py``) it is the one the Bento's own
+    ``bento.yaml`` lists, whatever the environment says: a Bento always serves the model it was
+    built with, even after later packagings put newer bundles in the store. From the source tree
+    (``bentoml build`` importing the service, or serving ``deploy.service:ReRanker`` directly) it
+    is ``DGR2_BENTO_MODEL``, else the newest bundle.
+
+    Raises:
+        RuntimeError: the Bento's manifest lists no bundle, or several.
+    """
+    source = Path(service_file).resolve().parents[1]
+    manifest = source.parent / "bento.yaml"
+    if source.name != "src" or not manifest.is_file():
+        return environ.get(BUNDLE_ENV) or f"{BUNDLE_NAME}:latest"
+    info = yaml.safe_load(manifest.read_text()) or {}
+    listed = [*(info.get("models") or []), *(m for service in info.get("services") or [] for m in service.get("models") or [])]
+    tags = sorted({str(m["tag"]) for m in listed if str(m.get("tag", "")).startswith(f"{BUNDLE_NAME}:")})
+    if len(tags) != 1:
+        raise RuntimeError(f"{manifest} lists {len(tags)} {BUNDLE_NAME} bundles ({tags}); a Bento serves exactly one")
+    return tags[0]
 
 
 def write_bundle(

@@ -97,6 +97,11 @@ class FeastFeatures:
         return {item_id: decode_neighbors(rows.get(item_id, {}).get(CO_PURCHASE_COLUMN)) for item_id in item_ids}
 
 
+# Why an answer is the pre-rank order: the model's output is no permutation of the candidates,
+# the decode raised, or the request's deadline passed first.
+FALLBACK_REASONS = ("invalid_answer", "decode_error", "deadline")
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A request whose ids all resolved, with its rendered prompt."""
@@ -105,6 +110,7 @@ class Prepared:
     prompt: str
     candidate_sids: list[str]
     catalog: ItemCatalog
+    request_id: str = ""  # the service's, for its logs
 
 
 class Reranker:
@@ -179,7 +185,7 @@ class Reranker:
         Returns:
             One response per request, in order: ``ranking`` (item ids; the pre-rank order when
             the output is not a permutation of the candidates), ``valid``, ``fallback``,
-            ``model``, ``decode`` (``forward_passes`` and ``output_tokens`` of this request,
+            ``fallback_reason`` (None, or ``"invalid_answer"``), ``model``, ``decode`` (``forward_passes`` and ``output_tokens`` of this request,
             ``ms`` and ``batch_size`` of the decode it shared) and ``reasoning`` when asked for.
         """
         decoder, threshold = key
@@ -206,13 +212,16 @@ class Reranker:
         ]
 
     @staticmethod
-    def _answer(prepared: Prepared, text: str, info: ModelInfo, forwards: int, tokens: int, ms: float, batch_size: int) -> dict[str, Any]:
+    def _answer(
+        prepared: Prepared, text: str, info: ModelInfo, forwards: int, tokens: int, ms: float, batch_size: int, reason: str = "invalid_answer"
+    ) -> dict[str, Any]:
         parsed = parse_answer(text, prepared.candidate_sids)
         ranking_sids, fell_back = ranking_or_fallback(parsed, prepared.candidate_sids)
         response: dict[str, Any] = {
             "ranking": [prepared.catalog.item_id(sid) for sid in ranking_sids],
             "valid": parsed.valid,
             "fallback": fell_back,
+            "fallback_reason": reason if fell_back else None,
             "model": {"name": info.name, "version": info.version, "alias": info.alias},
             "decode": {"forward_passes": forwards, "output_tokens": tokens, "ms": ms, "batch_size": batch_size},
         }
@@ -220,10 +229,13 @@ class Reranker:
             response["reasoning"] = parsed.reasoning
         return response
 
-    def fallback_answer(self, prepared: Prepared) -> dict[str, Any]:
-        """The answer when decoding itself failed: the pre-rank order, no output."""
+    def fallback_answer(self, prepared: Prepared, reason: str) -> dict[str, Any]:
+        """The answer when there is no model output to check (``reason``: the decode raised, or
+        the deadline passed): the pre-rank order."""
+        if reason not in FALLBACK_REASONS:
+            raise ValueError(f"unknown fallback reason {reason!r}; known: {FALLBACK_REASONS}")
         info = self._answering(prepared.request.decoder).info
-        return self._answer(prepared, "", info, 0, 0, 0.0, 0)
+        return self._answer(prepared, "", info, 0, 0, 0.0, 0, reason)
 
     def warm_up(self) -> None:
         """One short decode per model, so the first request does not pay for lazy initialisation."""

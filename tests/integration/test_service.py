@@ -59,6 +59,18 @@ def _register_models(overrides: list[str], root: Path) -> None:
     client(cfg).set_registered_model_alias("diffusion-gr2", "champion", versions["diffusion-gr2"].version)
 
 
+def _register_student(overrides: list[str], root: Path, label: str, parent: str = "gr2-ar/1", alias: str = "") -> str:
+    """Register another tiny diffusion-gr2 version with the given lineage; returns its number."""
+    cfg = load_config(None, overrides)
+    runs = RecipeRuns.start(cfg, f"service test {label}", {"dataset_version": "tiny"})
+    checkpoint = publish_checkpoint(str(root / "artifacts" / label), cfg.storage.work_dir, block_size=4)
+    run_id = runs.log_stage(label, DIFFUSION_RL_STAGE, {"outputs": {"model_uri": checkpoint}, "metrics": {}, "seconds": 1.0})
+    version = register(cfg, "diffusion-gr2", checkpoint, run_id, DIFFUSION_RL_STAGE.name, "tiny", parent)
+    if alias:
+        client(cfg).set_registered_model_alias("diffusion-gr2", alias, version.version)
+    return str(version.version)
+
+
 @dataclass(frozen=True)
 class Packaged:
     root: Path
@@ -91,6 +103,11 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     args = [sys.executable, "-m", "flows.package", *sets, "--feature-store", str(store_dir)]
     tags = _package(args, env)
     assert tags["student"] == "diffusion-gr2/1" and tags["teacher"] == "gr2-ar/1" and tags["bento_tag"]
+    # A later packaging (a challenger) puts a newer bundle in the store; the champion's Bento must
+    # still serve its own (the tests below check the version that answers).
+    _register_student(overrides, root, "challenger", alias="challenger")
+    newer = _package([*args, "--alias", "challenger", "--no-build"], env)
+    assert newer["student"] == "diffusion-gr2/2" and newer["model_tag"] != tags["model_tag"]
     return Packaged(root, env, overrides, args, tags)
 
 
@@ -140,8 +157,10 @@ def test_good_request_by_user_falls_back_with_an_untrained_model(server: str) ->
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["ranking"] == CANDIDATES
-    assert (answer["valid"], answer["fallback"], answer["reasoning"]) == (False, True, None)
+    assert (answer["valid"], answer["fallback"], answer["fallback_reason"], answer["reasoning"]) == (False, True, "invalid_answer", None)
+    # Version 1 is the champion this Bento was built with, though a newer bundle is in the store.
     assert answer["model"] == {"name": "diffusion-gr2", "version": "1", "alias": "champion"}
+    assert re.fullmatch(r"[0-9a-f]{16}", answer["request_id"])
     assert answer["decode"]["forward_passes"] >= 1 and 1 <= answer["decode"]["output_tokens"] <= 8 and answer["decode"]["ms"] > 0
 
 
@@ -212,6 +231,7 @@ def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None
     # The gauge carries a pid label too (BentoML's multiprocess metrics).
     assert re.search(r'dgr2_rerank_fallback_rate\{decoder="diffusion"[^}]*\} 1\.0', metrics)
     assert 'dgr2_rerank_responses_total{decoder="diffusion",fallback="true"}' in metrics
+    assert 'dgr2_rerank_fallbacks_total{decoder="diffusion",reason="invalid_answer"}' in metrics
     assert "dgr2_rerank_forward_passes_bucket" in metrics and "dgr2_rerank_batch_size_bucket" in metrics
     assert 'dgr2_rerank_rejected_total{field="candidates",status="422"}' in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
@@ -223,5 +243,12 @@ def test_packaging_again_reuses_the_bundle(packaged: Packaged) -> None:
 
 
 def test_packaging_without_a_version_at_the_alias_says_so(packaged: Packaged) -> None:
-    with pytest.raises(PackagingError, match="diffusion-gr2@challenger does not exist"):
-        package_service(load_config(None, packaged.overrides), alias="challenger", build=False)
+    with pytest.raises(PackagingError, match="diffusion-gr2@canary does not exist"):
+        package_service(load_config(None, packaged.overrides), alias="canary", build=False)
+
+
+def test_packaging_a_student_whose_teacher_is_not_registered_fails_loudly(packaged: Packaged) -> None:
+    version = _register_student(packaged.overrides, packaged.root, "orphan", parent="gr2-ar/99")
+    with pytest.raises(PackagingError, match="names gr2-ar/99, which the registry cannot return"):
+        package_service(load_config(None, packaged.overrides), version=version, build=False)
+

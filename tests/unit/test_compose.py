@@ -191,6 +191,12 @@ def test_bentoml_serves_on_the_port_bentoml_serve_uses_locally(compose: dict[str
     assert _published(service) == [(LOCAL_HOST, port, port)]
 
 
+def test_the_service_needs_an_api_key_from_the_environment() -> None:
+    # Read raw: compose refuses to start a stack whose required variable is unset.
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["bentoml"]["environment"]
+    assert re.fullmatch(r"\$\{DGR2_API_KEY:\?.+\}", raw["DGR2_API_KEY"])
+
+
 def test_every_published_port_is_on_loopback(compose: dict[str, Any]) -> None:
     published = [p for service in compose["services"].values() for p in _published(service)]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from components.serving.batching import MicroBatcher
+from components.serving.batching import MicroBatcher, Overloaded
 
 
 def test_concurrent_items_are_batched_by_key_and_answered_in_order() -> None:
@@ -43,3 +44,48 @@ def test_a_failing_batch_raises_in_every_caller() -> None:
 def test_rejects_bad_limits() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda key, items: items, max_batch_size=0, max_wait_s=0.0)
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda key, items: items, max_batch_size=1, max_wait_s=0.0, max_pending=0)
+
+
+def test_a_full_queue_refuses_at_once_and_accepts_again_once_answered() -> None:
+    def run(key, items):
+        time.sleep(0.2)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch_size=2, max_wait_s=0.0, max_pending=3)
+        admitted = [asyncio.create_task(batcher.submit("k", i)) for i in range(3)]
+        await asyncio.sleep(0)  # the three are queued
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="3 requests are already queued"):
+            await batcher.submit("k", 99)
+        refused_in = time.perf_counter() - started
+        answered = await asyncio.gather(*admitted)
+        return refused_in, answered, batcher.pending, await batcher.submit("k", 7)
+
+    refused_in, answered, pending, again = asyncio.run(main())
+    assert refused_in < 0.05 and answered == [0, 1, 2] and pending == 0 and again == 7
+
+
+def test_a_caller_past_its_deadline_stops_waiting_and_its_item_is_not_decoded() -> None:
+    decoded: list[int] = []
+
+    def run(key, items):
+        decoded.extend(items)
+        time.sleep(0.3)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch_size=1, max_wait_s=0.0)
+        first = asyncio.create_task(batcher.submit("k", 1))
+        await asyncio.sleep(0.05)  # 1 is decoding; 2 queues behind it
+        with pytest.raises(TimeoutError):
+            await batcher.submit("k", 2, deadline_s=0.1)
+        result = await first
+        await asyncio.sleep(0.05)
+        return result, batcher.pending
+
+    result, pending = asyncio.run(main())
+    assert result == 1 and pending == 0 and decoded == [1]
+

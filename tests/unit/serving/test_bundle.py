@@ -9,7 +9,7 @@ import pytest
 
 from components.config import load_config
 from components.modeling.factory import save_model
-from components.serving.bundle import FEATURE_STORE_ENV, load_reranker, write_bundle
+from components.serving.bundle import BUNDLE_ENV, FEATURE_STORE_ENV, bundle_to_serve, load_reranker, write_bundle
 from components.serving.engine import ModelInfo
 from tests.unit.serving.tiny_service import HISTORIES, build_store
 from tests.unit.tiny_lm import tiny_model, tiny_tokenizer
@@ -29,3 +29,32 @@ def test_a_moved_feature_store_is_found_through_the_environment(tmp_path: Path, 
         load_reranker(bundle)
     monkeypatch.setenv(FEATURE_STORE_ENV, str(moved))
     assert load_reranker(bundle).features.history("u0") == HISTORIES["u0"]
+
+
+def _bento(root: Path, manifest: str) -> Path:
+    """A built Bento's layout: bento.yaml beside src/, the service under src/deploy/."""
+    (root / "src" / "deploy").mkdir(parents=True)
+    (root / "bento.yaml").write_text(manifest)
+    return root / "src" / "deploy" / "service.py"
+
+
+def test_a_built_bento_serves_the_bundle_its_manifest_lists_whatever_the_environment_says(tmp_path: Path) -> None:
+    service = _bento(
+        tmp_path / "bento",
+        "service: deploy.service:ReRanker\nservices:\n- name: dgr2-reranker\n  models:\n  - tag: dgr2-reranker:champion1\n    module: ''\n",
+    )
+    assert bundle_to_serve(service, {BUNDLE_ENV: "dgr2-reranker:newer"}) == "dgr2-reranker:champion1"
+    assert bundle_to_serve(service, {}) == "dgr2-reranker:champion1"
+
+
+def test_the_source_tree_serves_the_bundle_named_in_the_environment_or_the_newest(tmp_path: Path) -> None:
+    service = tmp_path / "checkout" / "deploy" / "service.py"
+    assert bundle_to_serve(service, {BUNDLE_ENV: "dgr2-reranker:abc"}) == "dgr2-reranker:abc"
+    assert bundle_to_serve(service, {}) == "dgr2-reranker:latest"
+
+
+def test_a_bento_without_exactly_one_bundle_refuses_to_start(tmp_path: Path) -> None:
+    service = _bento(tmp_path / "bento", "service: deploy.service:ReRanker\nmodels: []\n")
+    with pytest.raises(RuntimeError, match="lists 0 dgr2-reranker bundles"):
+        bundle_to_serve(service, {})
+

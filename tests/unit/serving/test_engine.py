@@ -49,7 +49,7 @@ def test_untrained_model_falls_back_to_the_pre_rank_order(reranker: Reranker) ->
         prepared = reranker.prepare(RerankRequest(CANDIDATES, user_id="u0", decoder=decoder, return_reasoning=True))
         [answer] = reranker.decode(reranker.batch_key(prepared), [prepared])
         assert answer["ranking"] == CANDIDATES
-        assert (answer["valid"], answer["fallback"], answer["reasoning"]) == (False, True, None)
+        assert (answer["valid"], answer["fallback"], answer["fallback_reason"], answer["reasoning"]) == (False, True, "invalid_answer", None)
         assert 1 <= answer["decode"]["forward_passes"] and 1 <= answer["decode"]["output_tokens"] <= 8
         assert answer["model"]["name"] == ("diffusion-gr2" if decoder == "diffusion" else "gr2-ar")
 
@@ -79,7 +79,7 @@ def test_a_valid_answer_is_returned_as_item_ids(reranker: Reranker, monkeypatch)
     monkeypatch.setattr(engine, "generate_blocks", lambda *args, **kwargs: fake)
     [answer] = reranker.decode(reranker.batch_key(prepared), [prepared])
     assert answer["ranking"] == list(reversed(CANDIDATES))
-    assert (answer["valid"], answer["fallback"], answer["reasoning"]) == (True, False, "history is nails")
+    assert (answer["valid"], answer["fallback"], answer["fallback_reason"], answer["reasoning"]) == (True, False, None, "history is nails")
     assert answer["decode"] == {"forward_passes": 5, "output_tokens": 12, "ms": 10.0, "batch_size": 1}
     assert answer["model"] == {"name": "diffusion-gr2", "version": "3", "alias": "champion"}
 
@@ -117,7 +117,11 @@ def test_a_decoder_without_a_model_is_refused(reranker: Reranker) -> None:
         Reranker(reranker.cfg, {"diffusion": reranker.models["ar"]}, StubFeatures())
 
 
-def test_fallback_answer_keeps_the_candidates(reranker: Reranker) -> None:
+def test_fallback_answer_keeps_the_candidates_and_says_why(reranker: Reranker) -> None:
     prepared = reranker.prepare(RerankRequest(CANDIDATES, user_id="u1"))
-    answer = reranker.fallback_answer(prepared)
-    assert answer["ranking"] == CANDIDATES and answer["fallback"] and not answer["valid"]
+    for reason in ("decode_error", "deadline"):
+        answer = reranker.fallback_answer(prepared, reason)
+        assert answer["ranking"] == CANDIDATES and answer["fallback"] and not answer["valid"]
+        assert answer["fallback_reason"] == reason
+    with pytest.raises(ValueError, match="unknown fallback reason"):
+        reranker.fallback_answer(prepared, "crashed")
