@@ -17,11 +17,11 @@ description), where ``version`` is the hash of the canonical content. Bad input 
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +217,17 @@ def _detect_format(directory: Path, cfg: DataConfig) -> str:
     )
 
 
-def _local_source(cfg: DataConfig, work_dir: Path) -> Path:
-    """The source directory on local disk; an s3:// source is downloaded (its top-level files)."""
+@contextlib.contextmanager
+def _local_source(cfg: DataConfig, work_dir: Path) -> Iterator[Path]:
+    """The source directory on local disk; an s3:// source is downloaded (its top-level files)
+    into a directory of this ingest's own, removed afterwards, so concurrent ingests of one source
+    never touch each other's files."""
     if not storage.is_s3(cfg.source_uri):
         directory = Path(cfg.source_uri)
         if not directory.is_dir():
             raise DataError(f"{cfg.source_uri}: source directory does not exist")
-        return directory
+        yield directory
+        return
     bucket, prefix = storage.split_s3(cfg.source_uri)
     client = storage.s3_client()
     listing = storage.objects._s3_call(
@@ -232,13 +236,11 @@ def _local_source(cfg: DataConfig, work_dir: Path) -> Path:
     keys = [obj["Key"] for obj in listing.get("Contents", [])]
     if not keys:
         raise DataError(f"{cfg.source_uri}: no objects under this prefix")
-    # A fixed place per source URI: each ingest replaces the previous download.
-    target = work_dir / "sources" / hashlib.sha256(cfg.source_uri.encode()).hexdigest()[:16]
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    for key in keys:
-        storage.objects._s3_call(cfg.source_uri, client.download_file, bucket, key, str(target / Path(key).name))
-    return target
+    (work_dir / "sources").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir / "sources", prefix=hashlib.sha256(cfg.source_uri.encode()).hexdigest()[:16] + "-") as target:
+        for key in keys:
+            storage.objects._s3_call(cfg.source_uri, client.download_file, bucket, key, str(Path(target) / Path(key).name))
+        yield Path(target)
 
 
 def _input_digest(directory: Path, fmt: str) -> str:
@@ -315,15 +317,15 @@ def ingest(cfg: Config) -> StageResult:
     root = cfg.storage.artifact_root
     work_dir = Path(cfg.storage.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    directory = _local_source(cfg.data, work_dir)
-    fmt = _detect_format(directory, cfg.data)
-    # The input bytes (plus format and ingest code) index an earlier version: same input, no work.
-    index_uri = storage.join(root, "datasets", "_by_input", f"{_input_digest(directory, fmt)}-{code_version('components/data/ingest')}.json")
-    if storage.exists(index_uri):
-        entry = storage.read_json(index_uri)
-        if storage.exists(entry["outputs"]["dataset_uri"]):
-            return StageResult(entry["outputs"], entry["metrics"], cached=True)
-    dataset = _parse(directory, fmt, cfg.data)
+    with _local_source(cfg.data, work_dir) as directory:
+        fmt = _detect_format(directory, cfg.data)
+        # The input bytes (plus format and ingest code) index an earlier version: same input, no work.
+        index_uri = storage.join(root, "datasets", "_by_input", f"{_input_digest(directory, fmt)}-{code_version('components/data/ingest')}.json")
+        if storage.exists(index_uri):
+            entry = storage.read_json(index_uri)
+            if storage.exists(entry["outputs"]["dataset_uri"]):
+                return StageResult(entry["outputs"], entry["metrics"], cached=True)
+        dataset = _parse(directory, fmt, cfg.data)
     canonical = canonicalize(dataset)
     version = content_version(canonical)
     dataset_uri = storage.join(root, "datasets", version)

@@ -8,11 +8,19 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 COMPLETE_MARKER = "_COMPLETE"
+# On S3 one publisher at a time uploads a directory: it holds this object, created with a
+# conditional write (If-None-Match), while it does. A lock older than LOCK_STALE_S is a publisher
+# that died without cleaning up; the next one takes it over.
+PUBLISH_LOCK = "_PUBLISHING"
+LOCK_STALE_S = 1800.0
+LOCK_POLL_S = 1.0
 
 
 class StorageError(RuntimeError):
@@ -101,24 +109,7 @@ def publish_dir(local_dir: str | Path, uri: str) -> str:
     manifest = _manifest(local_dir)
     marker = json.dumps({"files": manifest}, sort_keys=True)
     if is_s3(uri):
-        bucket, prefix = split_s3(uri)
-        client = s3_client()
-        uploaded: list[str] = []
-        try:
-            for rel in manifest:
-                key = f"{prefix}/{rel}"
-                # Recorded before the upload: a request that fails after the server stored the
-                # object (e.g. a lost response) must not leave it behind.
-                uploaded.append(key)
-                _s3_call(uri, client.upload_file, str(local_dir / rel), bucket, key)
-            _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
-        except BaseException:
-            for key in uploaded:
-                try:
-                    client.delete_object(Bucket=bucket, Key=key)
-                except Exception:  # noqa: BLE001 - best-effort cleanup; the marker is absent anyway
-                    pass
-            raise
+        _publish_s3(local_dir, uri, manifest, marker)
         return uri
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +129,90 @@ def publish_dir(local_dir: str | Path, uri: str) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return uri
+
+
+def _client_error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _claim_publish(client: Any, uri: str, bucket: str, lock_key: str) -> bool:
+    """Create the publish lock if no one holds it; False when another publisher does."""
+    from botocore.exceptions import ClientError
+
+    body = json.dumps({"owner": uuid.uuid4().hex, "host": os.uname().nodename, "pid": os.getpid()}).encode()
+    try:
+        client.put_object(Bucket=bucket, Key=lock_key, Body=body, IfNoneMatch="*")
+        return True
+    except ClientError as exc:
+        # 409 ConditionalRequestConflict: another conditional write on the key is in flight.
+        code = _client_error_code(exc)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return False
+        if code == "NotImplemented":
+            raise StorageError(
+                f"{uri}: this S3 server does not support conditional writes (If-None-Match), which publishing "
+                "needs to keep concurrent publishers apart"
+            ) from exc
+        raise StorageError(f"{uri}: {exc}") from exc
+
+
+def _lock_age_s(client: Any, bucket: str, lock_key: str) -> float | None:
+    """Seconds since the lock was written (the server's clock), or None when there is no lock."""
+    from botocore.exceptions import ClientError
+
+    try:
+        written = client.head_object(Bucket=bucket, Key=lock_key)["LastModified"]
+    except ClientError as exc:
+        if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return (datetime.now(timezone.utc) - written).total_seconds()
+
+
+def _publish_s3(local_dir: Path, uri: str, manifest: dict[str, int], marker: str) -> None:
+    """Upload ``local_dir`` under ``uri`` and the marker last, holding the publish lock.
+
+    Two publishers of the same URI (two flows computing the same stage output) take turns: the
+    one holding the lock uploads, the other waits until the directory is complete and uses it.
+    Only the lock holder ever writes or deletes objects under the prefix, so a failed publisher's
+    cleanup cannot remove another's objects.
+    """
+    bucket, prefix = split_s3(uri)
+    client = s3_client()
+    lock_key = f"{prefix}/{PUBLISH_LOCK}"
+    while not _s3_call(uri, _claim_publish, client, uri, bucket, lock_key):
+        if exists(uri):
+            return
+        age = _s3_call(uri, _lock_age_s, client, bucket, lock_key)
+        if age is not None and age > LOCK_STALE_S:
+            # Its publisher died mid-upload: take over (its partial objects are overwritten or
+            # never listed by a marker).
+            _s3_call(uri, client.delete_object, Bucket=bucket, Key=lock_key)
+        elif age is not None:
+            time.sleep(LOCK_POLL_S)
+    uploaded: list[str] = []
+    try:
+        if exists(uri):  # published while this one waited for the lock
+            return
+        for rel in manifest:
+            key = f"{prefix}/{rel}"
+            # Recorded before the upload: a request that fails after the server stored the
+            # object (e.g. a lost response) must not leave it behind.
+            uploaded.append(key)
+            _s3_call(uri, client.upload_file, str(local_dir / rel), bucket, key)
+        _s3_call(uri, client.put_object, Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=marker.encode())
+    except BaseException:
+        for key in uploaded:
+            try:
+                client.delete_object(Bucket=bucket, Key=key)
+            except Exception:  # noqa: BLE001 - best-effort cleanup; the marker is absent anyway
+                pass
+        raise
+    finally:
+        try:
+            client.delete_object(Bucket=bucket, Key=lock_key)
+        except Exception:  # noqa: BLE001 - a lock left behind goes stale and is taken over
+            pass
 
 
 def fetch_dir(uri: str, work_dir: str | Path) -> Path:

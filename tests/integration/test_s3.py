@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +15,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from components import storage
 from components.storage import objects
+from components.storage.objects import PUBLISH_LOCK
 from components.data.ingest import ingest, load_dataset
 from tests.conftest import BUNDLED_DATA
 from tests.integration.conftest import S3Server
@@ -92,9 +95,11 @@ def test_ingest_from_s3_publishes_once(
     marker = s3.client().get_object(Bucket=s3.artifact_bucket, Key=f"{dataset_key}/{storage.COMPLETE_MARKER}")
     sizes = {name: objects[f"{dataset_key}/{name}"] for name in DATASET_FILES}
     assert json.loads(marker["Body"].read()) == {"files": sizes}
-    # The marker goes up after every file; then the index that maps these input bytes to it.
+    # The publish lock first, the marker after every file, then the index that maps these input
+    # bytes to it; the lock is gone once the directory is complete.
     puts = [key for operation, key in s3_operations if operation == "PutObject"]
-    assert puts[:-1] == [f"{dataset_key}/{name}" for name in (*DATASET_FILES, storage.COMPLETE_MARKER)]
+    assert puts[:-1] == [f"{dataset_key}/{name}" for name in (PUBLISH_LOCK, *DATASET_FILES, storage.COMPLETE_MARKER)]
+    assert ("DeleteObject", f"{dataset_key}/{PUBLISH_LOCK}") in s3_operations
     assert puts[-1].startswith(f"{prefix}/artifacts/datasets/_by_input/")
     assert storage.list_dirs(f"{root}/datasets") == sorted([version, "_by_input"])
 
@@ -234,3 +239,102 @@ def test_ingest_bundled_amazon_beauty_from_s3(s3: S3Server, prefix: str, make_co
 
     assert result.metrics == {"users": 22363, "items": 12101, "interactions": 198502, "timestamp_coverage": 1.0}
     assert storage.exists(result.outputs["dataset_uri"])
+
+
+def _version(directory: Path, letter: str, sizes: tuple[int, ...]) -> Path:
+    """A directory of files part-0..n, every byte ``letter``: two versions differ in every file."""
+    directory.mkdir(parents=True)
+    for index, size in enumerate(sizes):
+        (directory / f"part-{index}").write_bytes(letter.encode() * size)
+    return directory
+
+
+def test_two_publishers_of_one_directory_end_with_one_complete_version(
+    s3: S3Server, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"s3://{s3.artifact_bucket}/{prefix}/out"
+    # Different content and sizes, so a mix of the two would show in the bytes or the marker.
+    versions = {"a": _version(tmp_path / "a", "a", (3_000, 1, 2_000)), "b": _version(tmp_path / "b", "b", (5, 4_000, 7))}
+    client = storage.s3_client()
+    real_upload = client.upload_file
+
+    def slow_upload_b_fails(filename: str, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)  # the two publishers' uploads interleave
+        if filename == str(versions["b"] / "part-1"):
+            time.sleep(0.3)
+            raise EndpointConnectionError(endpoint_url=s3.endpoint)
+        real_upload(filename, *args, **kwargs)
+
+    monkeypatch.setattr(client, "upload_file", slow_upload_b_fails)
+    start, errors = threading.Barrier(2), {}
+
+    def publish(letter: str) -> None:
+        try:
+            start.wait()
+            storage.publish_dir(versions[letter], uri)
+        except storage.StorageError as exc:
+            errors[letter] = exc
+
+    threads = [threading.Thread(target=publish, args=(letter,)) for letter in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    # b fails when it uploads first; when a does, b finds a's directory complete and uses it.
+    assert set(errors) <= {"b"}
+    key = f"{prefix}/out"
+    marker = json.loads(s3.client().get_object(Bucket=s3.artifact_bucket, Key=f"{key}/{storage.COMPLETE_MARKER}")["Body"].read())
+    contents = {rel: s3.client().get_object(Bucket=s3.artifact_bucket, Key=f"{key}/{rel}")["Body"].read() for rel in marker["files"]}
+    # Every listed file is there at its listed size, all of them a's: b's cleanup removed none of them.
+    assert {rel: len(data) for rel, data in contents.items()} == marker["files"] == {"part-0": 3_000, "part-1": 1, "part-2": 2_000}
+    assert {data[:1] for data in contents.values()} == {b"a"}
+    assert set(_objects(s3, f"{key}/")) == {f"{key}/{rel}" for rel in (*marker["files"], storage.COMPLETE_MARKER)}
+
+
+def test_a_publisher_waits_for_the_lock_and_takes_over_a_stale_one(
+    s3: S3Server, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objects, "LOCK_POLL_S", 0.1)
+    client, key = s3.client(), f"{prefix}/out"
+    uri = f"s3://{s3.artifact_bucket}/{key}"
+    version = _version(tmp_path / "a", "a", (10, 20))
+    # Another publisher holds the lock: this one waits, and publishes once the lock is released.
+    client.put_object(Bucket=s3.artifact_bucket, Key=f"{key}/{PUBLISH_LOCK}", Body=b"{}")
+    threading.Timer(0.5, lambda: client.delete_object(Bucket=s3.artifact_bucket, Key=f"{key}/{PUBLISH_LOCK}")).start()
+    started = time.monotonic()
+    storage.publish_dir(version, uri)
+    assert time.monotonic() - started >= 0.4 and storage.exists(uri)
+
+    # A lock its publisher left behind (it died) is taken over once stale.
+    other = f"{key}-stale"
+    client.put_object(Bucket=s3.artifact_bucket, Key=f"{other}/{PUBLISH_LOCK}", Body=b"{}")
+    monkeypatch.setattr(objects, "LOCK_STALE_S", 0.0)
+    storage.publish_dir(version, f"s3://{s3.artifact_bucket}/{other}")
+    assert set(_objects(s3, f"{other}/")) == {f"{other}/part-0", f"{other}/part-1", f"{other}/{storage.COMPLETE_MARKER}"}
+
+
+def test_concurrent_ingests_of_one_s3_source_both_succeed_and_leave_no_download(
+    s3: S3Server, prefix: str, tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    root = f"s3://{s3.artifact_bucket}/{prefix}/artifacts"
+    cfg = _config(make_config, _upload(s3, write_bundled(tmp_path / "src"), f"{prefix}/raw"), root)
+    start, results, errors = threading.Barrier(2), [], []
+
+    def run() -> None:
+        try:
+            start.wait()
+            results.append(ingest(cfg).outputs)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 2 and results[0] == results[1]
+    assert storage.exists(results[0]["dataset_uri"])
+    # Each ingest downloaded into a directory of its own and removed it.
+    assert not any((Path(cfg.storage.work_dir) / "sources").iterdir())
+
