@@ -17,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast data bench serve s3-up s3-down stack-up stack-down stack-status clean
+.PHONY: install browser run test test-fast data bench serve s3-up s3-down stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ install: $(STAMP)
 run: $(STAMP)
 	if [ -f $(STACK_ENV) ]; then source $(STACK_ENV); fi; $(BIN)/dgr2 train-rl --config configs/$(PROFILE).yaml
 
-test: $(STAMP)
+# The report tests render pages in a real browser: Debian's chromium (installing it needs root).
+browser:
+	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; the page-rendering tests will fail (install Debian's chromium)" >&2
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra tests
 
 test-fast: $(STAMP)

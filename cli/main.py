@@ -39,7 +39,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 # Errors that mean bad input or a failed check, not a bug: reported in one line, exit code 2.
 # Matched by class name so that start-up need not import the modules (GX) that define them.
-_USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError")
+_USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError", "RegistryError")
 
 
 def _project_environment(work_dir: str) -> None:
@@ -168,6 +168,75 @@ def report(config: ConfigOption = None, overrides: SetOption = None, as_json: Js
         return storage.read_json(uri)
 
     _run_command(config, overrides, as_json, body, recipe_summary_markdown)
+
+
+NameArgument = Annotated[str, typer.Argument(help="A registered model: diffusion-gr2 (the student) or gr2-ar (the teacher).")]
+
+
+def _history_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Champions of {result['name']} (now: version {result['champion'] or 'none'})", "", "| when | version | how | by | why |", "|---|---|---|---|---|"]
+    lines += [f"| {e['at']} | {e['version']} | {e['kind']} | {e['by']} | {e['reason']} |" for e in result["events"]]
+    return "\n".join(lines)
+
+
+@app.command()
+def history(name: NameArgument, config: ConfigOption = None, overrides: SetOption = None, as_json: JsonOption = False) -> None:
+    """Past champions of a registered model, oldest first: when, how (promote or rollback), by whom, why."""
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from components.tracking.champions import champion_history
+        from components.tracking.registry import CHAMPION, version_by_alias
+
+        champion = version_by_alias(cfg, name, CHAMPION)
+        return {"name": name, "champion": str(champion.version) if champion else None, "events": champion_history(cfg, name)}
+
+    _run_command(config, overrides, as_json, body, _history_markdown)
+
+
+@app.command()
+def rollback(
+    name: NameArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded with the move (required).")],
+    to: Annotated[str | None, typer.Option("--to", help="The version to serve (default: the champion before the current one).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move the champion alias back; `make serve` then packages and serves that version."""
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from components.tracking.champions import rollback as roll_back
+
+        return roll_back(cfg, name, reason, to)
+
+    def render(event: dict[str, Any]) -> str:
+        return f"{name}: champion moved from version {event['from']} to {event['version']} ({event['at']}, {event['by']}: {event['reason']}). Run `make serve` to serve it."
+
+    _run_command(config, overrides, as_json, body, render)
+
+
+@app.command()
+def card(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME@VERSION, e.g. diffusion-gr2@champion.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the card here (.md, or .html for a web page) instead of printing it.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A registered version's model card: what it is, its lineage, gate results, test rows, limits."""
+
+    def body(cfg: Any) -> dict[str, Any]:
+        from components import storage
+        from components.tracking.card import card_html, model_card
+        from flows.recipe import latest_report_uri
+
+        uri = latest_report_uri(cfg)
+        markdown = model_card(cfg, reference, storage.read_json(uri) if storage.exists(uri) else None)
+        if out is not None:
+            out.write_text(card_html(markdown) if out.suffix.lower() in (".html", ".htm") else markdown)
+        return {"reference": reference, "markdown": markdown, "written": str(out) if out else None}
+
+    _run_command(config, overrides, as_json, body, lambda result: f"Written to {result['written']}" if result["written"] else result["markdown"])
 
 
 if __name__ == "__main__":

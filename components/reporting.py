@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,26 @@ def sweep_table(summary: dict[str, Any]) -> str:
             "its tokens per forward (both models' forwards) and tokens/s come from the speed comparison.",
         ]
     return "\n".join(lines)
+
+
+def html_page(markdown: str, title: str, images: Sequence[Path] = ()) -> str:
+    """A standalone HTML page: the Markdown (tables included) and the PNG images inlined, so the
+    one file opens anywhere (an MLflow artifact, a Prefect artifact's link, a browser)."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    figures = "".join(
+        f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"></figure>'
+        for path in images
+    )
+    style = "body{font-family:sans-serif;max-width:80em;margin:auto}table{border-collapse:collapse}th,td{border:1px solid #bbb;padding:2px 8px}"
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style></head>'
+        f"<body>{body}{figures}</body></html>\n"
+    )
 
 
 def frontier_plot(summary: dict[str, Any], path: str | Path) -> Path:

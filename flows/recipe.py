@@ -26,7 +26,8 @@ from components import storage
 from components.config import Config, load_config
 from components.recipe.run import recipe_summary, run_diffusion, run_teacher, summarize_stages, teacher_model
 from components.recipe.stages import STAGES
-from components.reporting import frontier_plot, promotion_markdown, recipe_summary_markdown
+from components.reporting import frontier_plot, html_page, promotion_markdown, recipe_summary_markdown
+from components.tracking.card import log_card
 from components.tracking.promotion import CHAMPION, GateMetrics, promote, reason
 from components.tracking.registry import ModelVersion, register, version_by_alias, version_checkpoint
 from components.tracking.runs import RecipeRuns, client, model_version_url, run_url, tracking_uri, ui_command
@@ -131,6 +132,8 @@ def _register_and_promote(
             stages[label] = run(label, "evaluate", version_checkpoint(config, current), *data, tau, "gate")
             champion_report, champion_catalog = stages[label]["metrics"], current.tags.get("catalog", "")
         decision = promote_task(cfg, version, stages[name]["metrics"], champion_report, champion_catalog)
+        # The card records the decision, so it is written once the gates have run.
+        log_card(config, f"{version['name']}@{version['version']}", summary)
         return decision | {"name": version["name"], "version": version["version"]}
 
     # The teacher goes through the same gates (AR decoding), so a copy-the-input teacher is no champion either.
@@ -216,8 +219,14 @@ def recipe_flow(
         storage.write_json(latest_report_uri(config), summary, sort_keys=False)
         if lineage is not None:
             plots = {}
+            prefix = Path(config.storage.work_dir) / "plots" / lineage.runs.parent_run_id
             if summary.get("sweep") and summary.get("speed"):
-                plots["plots"] = frontier_plot(summary, Path(config.storage.work_dir) / "plots" / f"{lineage.runs.parent_run_id}-frontier.png")
+                plots["plots"] = frontier_plot(summary, f"{prefix}-frontier.png")
+            # One page per run: the tables, gate decisions and links, with the plot inlined.
+            page = Path(f"{prefix}-report.html")
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text(html_page(recipe_summary_markdown(summary), "Diffusion-GR2 recipe", list(plots.values())))
+            plots["report"] = page
             lineage.runs.finish("FINISHED", summary, plots)
     except BaseException:
         if lineage is not None:

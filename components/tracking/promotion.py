@@ -30,11 +30,10 @@ import numpy as np
 
 from components.config import Config, EvaluationConfig, PromotionConfig
 from components.rank_metrics import paired_difference_ci
-from components.tracking.registry import ModelVersion, version_by_alias
+from components.tracking.champions import record_champion
+from components.tracking.registry import CHALLENGER, CHAMPION, ModelVersion, version_by_alias
 from components.tracking.runs import client
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 # The slice of an evaluation report the gates read: the gate scope's valid sample.
 GATE_SLICE = ("valid", "all")
 GATE_METRICS = ("recall_at_1", "ndcg_at_3")
@@ -207,6 +206,7 @@ def promote(cfg: Config, version: ModelVersion, challenger: GateMetrics, champio
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(version.name, version.version, key, value)
-    if decision.promote:
+    if decision.promote and decision.champion_version != version.version:
         mlflow_client.set_registered_model_alias(version.name, CHAMPION, version.version)
+        record_champion(cfg, version.name, version.version, "promote", reason(decision))
     return decision

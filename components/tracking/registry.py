@@ -23,6 +23,11 @@ _PROJECT_PACKAGE = Path(__file__).resolve().parents[1]
 _PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.*", "tokenizers>=0.22", "mlflow==3.17.2", "pydantic>=2.13,<3", "pyyaml>=6"]
 
 
+# The aliases the gates move: the version served, and the last one that went through the gates.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     name: str

@@ -5,12 +5,15 @@ and a CFT change that re-runs CFT and everything after it, nothing before."""
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from components.config import load_config
 from components.reporting import sweep_table
+from tests.browser import rendered_dom
 from tests.e2e.conftest import dgr2
 from tests.e2e.test_train_teacher_command import TEACHER_STAGES, _overrides
 
@@ -164,6 +167,15 @@ def _check_tracking(summary: dict, converted: dict) -> None:
         version = mlflow.get_model_version(name, decision["version"])
         assert (version.tags["promotion.decision"] == "champion") == decision["promote"]
         assert version.tags["catalog"]  # the slice's directory name: models of another catalogue never replace it
+        # A model card per registered version, logged once the gates decided.
+        assert {"model_card.md", "model_card.html"} <= {a.path for a in mlflow.list_artifacts(version.run_id)}
+
+    # One page per run, opened in a real browser: the tables and the plot are there.
+    [page] = [a.path for a in mlflow.list_artifacts(tracking["parent_run_id"], "report")]
+    with tempfile.TemporaryDirectory() as scratch:
+        dom = rendered_dom(Path(mlflow.download_artifacts(tracking["parent_run_id"], page, scratch)))
+    assert "<h2>Threshold sweep of CFT+OPD+RL (test)</h2>" in dom and dom.count("<table>") >= 3
+    assert re.search(r'<img alt="[^"]*frontier" src="data:image/png;base64,', dom)
 
 
 def test_report_before_any_run_names_the_missing_run(tmp_path: Path):

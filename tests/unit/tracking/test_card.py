@@ -1,0 +1,50 @@
+"""Model cards from a real MLflow registry (sqlite backend)."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.tracking.card import CARD_FILES, log_card, model_card
+from components.tracking.champions import RegistryError
+from components.tracking.runs import client
+from tests.unit.tracking.test_champions import NAME, two_champions  # noqa: F401
+from tests.unit.tracking.test_promotion import tracked  # noqa: F401
+
+
+def _summary(model_uri: str) -> dict:
+    stat = {"mean": 0.05, "ci_low": 0.01, "ci_high": 0.09}
+    test = {"n": 1615, "recall_at_1": {"mean": 0.4272}, "ndcg_at_3": {"mean": 0.563}, "valid_rate": 0.9994, "copied_pre_rank_rate": 0.5913,
+            "vs_floor": {"recall_at_1": stat}, "floor": {"recall_at_1": {"mean": 0.3511}, "ndcg_at_3": {"mean": 0.4949}}}
+    report = {"test": {"all": test, "test_sample": test, "decode": {"tokens_per_forward": 2.66}}}
+    return {"dataset_version": "d1", "models": {"CFT+OPD+RL": model_uri}, "final": "CFT+OPD+RL",
+            "evaluations": {"CFT+OPD+RL": report}, "sweep": {"1.0": report, "0.9": report}}
+
+
+def test_the_champions_card_holds_its_lineage_gates_test_rows_history_and_limits(two_champions) -> None:  # noqa: F811
+    cfg = two_champions
+    version = client(cfg).get_model_version(NAME, "3")
+    card = model_card(cfg, f"{NAME}@champion", _summary(version.tags["model_uri"]))
+    assert card.startswith(f"# Model card: {NAME} version 3")
+    assert "block-diffusion re-ranker (Diffusion-GR2) from stage `diffusion_rl`, block size 8" in card
+    assert "Started from: gr2-ar/1" in card and "catalogue `amazon-beauty`" in card
+    assert "## Promotion gates: champion (compared with version 1)" in card and "- pass: " in card
+    assert "| CFT+OPD+RL | 1,615 | 0.4272 | +0.0500 [+0.0100, +0.0900] | 0.5630 | 99.94% | 59.13% |" in card
+    assert "| 0.9 | 1,615 | 0.4272 | 99.94% | 2.66 |" in card
+    assert ": promote by " in card and "## Intended use and known limits" in card
+    # A version the summary does not hold gets no test rows.
+    assert "## On the test users" not in model_card(cfg, f"{NAME}@2", _summary(version.tags["model_uri"]))
+
+
+def test_the_card_is_logged_to_the_versions_run_as_markdown_and_html(two_champions) -> None:  # noqa: F811
+    cfg = two_champions
+    markdown = log_card(cfg, f"{NAME}@3")
+    run_id = client(cfg).get_model_version(NAME, "3").run_id
+    assert {a.path for a in client(cfg).list_artifacts(run_id)} >= set(CARD_FILES)
+    html = client(cfg).download_artifacts(run_id, "model_card.html", cfg.storage.work_dir)
+    assert "<h1>Model card: diffusion-gr2 version 3</h1>" in open(html).read() and markdown.startswith("# Model card")
+
+
+@pytest.mark.parametrize(("reference", "message"), [("diffusion-gr2", "give NAME@ALIAS"), ("diffusion-gr2@9", "no such version"), ("nope@champion", "no such version")])
+def test_a_bad_reference_says_what_to_give(two_champions, reference: str, message: str) -> None:  # noqa: F811
+    with pytest.raises(RegistryError, match=message):
+        model_card(two_champions, reference)
