@@ -106,7 +106,8 @@ def model_card(cfg: Config, reference: str, summary: dict[str, Any] | None = Non
             lines += [
                 f"On {metrics.get('examples', '?')} valid-split users: valid {metrics.get('valid_rate', 0):.2%}, "
                 f"R@1 {metrics.get('recall_at_1', 0):.4f} (minus floor {_stat(vs_floor['recall_at_1']) if 'recall_at_1' in vs_floor else '?'}), "
-                f"NDCG@3 {metrics.get('ndcg_at_3', 0):.4f}, {metrics.get('decode_tokens_per_s', 0):,.0f} decode tokens/s.",
+                f"NDCG@3 {metrics.get('ndcg_at_3', 0):.4f}, {metrics.get('decode_tokens_per_s', 0):,.0f} decode tokens/s; "
+                f"{metrics.get('copied_pre_rank_rate', 0):.2%} of the answers copy the pre-rank order.",
                 "",
             ]
         lines += [f"- {check}" for check in json.loads(tags.get("promotion.checks", "[]"))] + [""]
@@ -123,8 +124,8 @@ def model_card(cfg: Config, reference: str, summary: dict[str, Any] | None = Non
         "purchase history. It is not for another catalogue: its item IDs are this one's.",
         "- An answer that is not a permutation of the candidates falls back to the pre-rank order. The valid "
         "rate above is how often that does not happen.",
-        "- A valid answer can still copy the pre-rank order. The 'copies the pre-rank order' column gives the share, "
-        "so the re-ranker's value is its margin over the floor, not its validity.",
+        "- A valid answer can still copy the pre-rank order (the share is given above), so the re-ranker's value is "
+        "its margin over the floor, not its validity.",
         "- The numbers were measured on a seeded sample of users from one dataset version. Drift in the catalogue or "
         "in user behaviour since then is not covered.",
     ]

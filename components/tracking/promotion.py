@@ -55,6 +55,9 @@ class GateMetrics:
     # Which examples were scored (same examples <=> same digest).
     examples_digest: str
     catalog: str = ""
+    # Valid answers that hand back the pre-rank order unchanged (recorded, not gated: the floor
+    # gates already refuse a model whose copies cost it its margin).
+    copied_pre_rank_rate: float = 0.0
 
     @classmethod
     def from_evaluation(cls, report: dict[str, Any], catalog: str = "") -> "GateMetrics":
@@ -77,6 +80,7 @@ class GateMetrics:
             target_ranks=[int(r) for r in scored["target_ranks"]],
             examples_digest=str(scored["examples_digest"]),
             catalog=catalog,
+            copied_pre_rank_rate=float(scored.get("copied_pre_rank_rate", 0.0)),
         )
 
     def summary(self) -> dict[str, Any]:
