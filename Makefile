@@ -33,7 +33,7 @@ run: $(STAMP)
 
 # The report tests render pages in a real browser: Debian's chromium (installing it needs root).
 browser:
-	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
 	  || echo "warning: could not install chromium; the page-rendering tests will fail (install Debian's chromium)" >&2
 
 test: $(STAMP) browser
