@@ -11,6 +11,9 @@ overrides, shows progress on stderr, and with ``--json`` prints exactly one JSON
     dgr2 train-cft --config configs/tiny.yaml --json
     dgr2 train-rl --config configs/tiny.yaml      # the whole recipe (make run)
     dgr2 report --json
+    dgr2 card diffusion-gr2@champion             # a version's model card
+    dgr2 history diffusion-gr2                   # past champions
+    dgr2 rollback diffusion-gr2 --reason "..."   # the champion before the current one
 """
 
 from __future__ import annotations

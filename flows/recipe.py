@@ -3,9 +3,11 @@ evaluate -> register -> promote -> package.
 
 Every stage is a task generated from the recipe's stage table (``flows.stages``), run in the order
 ``components.recipe.run`` gives: the teacher's stages, then conversion, CFT, OPD, RL and the
-AR-vs-block speed comparison; the evaluation task decodes converted models at each threshold tau. Every task is cached on its stage's content-addressed output, so
-re-running an unchanged recipe trains nothing. ``until`` stops after an earlier stage. The summary
-is also written to ``<artifact_root>/reports/latest.json``, which ``dgr2 report`` prints.
+AR-vs-block speed comparison; the evaluation task decodes converted models at each threshold
+tau. Every task is cached on its stage's content-addressed output, so re-running an unchanged
+recipe trains nothing. ``until`` stops after an earlier stage. The summary is also written to
+``<artifact_root>/reports/latest.json``, which ``dgr2 report`` prints; each registered version
+gets a model card and the run an HTML page.
 
 Run it with ``dgr2 train-rl`` (``convert``, ``train-cft``, ``train-opd`` stop earlier) or
 ``python -m flows.recipe``.

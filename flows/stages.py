@@ -23,8 +23,7 @@ def stage_task(name: str, stage: RecipeStage) -> Task[..., dict[str, Any]]:
 
     def run(cfg: dict[str, Any], *args: str, **kwargs: str) -> dict[str, Any]:
         # Prefect may pass inputs that have defaults (evaluation's threshold, scope) by name.
-        bound = signature.bind(*args, **kwargs)
-        return stage.function(Config.model_validate(cfg), *bound.args, **bound.kwargs).to_dict()
+        return stage.function(Config.model_validate(cfg), *args, **kwargs).to_dict()
 
     def key_inputs(parameters: dict[str, Any]) -> dict[str, str]:
         bound = signature.bind(**{k: v for k, v in parameters.items() if k in signature.parameters})

@@ -185,8 +185,9 @@ class Reranker:
         Returns:
             One response per request, in order: ``ranking`` (item ids; the pre-rank order when
             the output is not a permutation of the candidates), ``valid``, ``fallback``,
-            ``fallback_reason`` (None, or ``"invalid_answer"``), ``model``, ``decode`` (``forward_passes`` and ``output_tokens`` of this request,
-            ``ms`` and ``batch_size`` of the decode it shared) and ``reasoning`` when asked for.
+            ``fallback_reason`` (None, or ``"invalid_answer"``), ``model``, ``decode``
+            (``forward_passes`` and ``output_tokens`` of this request, ``ms`` and ``batch_size`` of
+            the decode it shared) and ``reasoning`` when asked for.
         """
         decoder, threshold = key
         served = self._answering(decoder)

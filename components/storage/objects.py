@@ -21,6 +21,8 @@ COMPLETE_MARKER = "_COMPLETE"
 PUBLISH_LOCK = "_PUBLISHING"
 LOCK_STALE_S = 1800.0
 LOCK_POLL_S = 1.0
+# What S3-compatible servers answer for a key that does not exist.
+_MISSING_CODES = ("404", "NoSuchKey", "NotFound")
 
 
 class StorageError(RuntimeError):
@@ -82,7 +84,7 @@ def exists(uri: str) -> bool:
                 client.head_object(Bucket=bucket, Key=candidate)
                 return True
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                if _client_error_code(exc) not in _MISSING_CODES:
                     raise StorageError(f"{uri}: {exc}") from exc
         return False
     path = Path(uri)
@@ -163,7 +165,7 @@ def _lock_age_s(client: Any, bucket: str, lock_key: str) -> float | None:
     try:
         written = client.head_object(Bucket=bucket, Key=lock_key)["LastModified"]
     except ClientError as exc:
-        if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if _client_error_code(exc) in _MISSING_CODES:
             return None
         raise
     return (datetime.now(timezone.utc) - written).total_seconds()

@@ -43,6 +43,12 @@ def _stat(stat: dict[str, float]) -> str:
     return f"{stat['mean']:+.4f} [{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}]"
 
 
+def _test_slice(report: dict[str, Any]) -> dict[str, Any]:
+    """The papers' fixed test sample when it is its own slice, else every scored test user."""
+    test = report["test"]
+    return test["test_sample"] if "test_sample" in test else test["all"]
+
+
 def _recipe_rows(summary: dict[str, Any], model_uri: str) -> list[str]:
     """Table 1 (and, for the final model, Table 2) rows of ``model_uri`` in a recipe summary."""
     labels = [label for label, uri in summary.get("models", {}).items() if uri == model_uri]
@@ -52,13 +58,12 @@ def _recipe_rows(summary: dict[str, Any], model_uri: str) -> list[str]:
     lines = ["| model | users | R@1 | R@1 - floor, 95% CI | NDCG@3 | valid | copies the pre-rank order |", "|---|---|---|---|---|---|---|"]
     rows = {name: report for name, report in summary.get("evaluations", {}).items() if name in (label, "SASRec")}
     for name, report in rows.items():
-        test = report["test"]["test_sample"] if "test_sample" in report["test"] else report["test"]["all"]
+        test = _test_slice(report)
         lines.append(
             f"| {name} | {test['n']:,} | {test['recall_at_1']['mean']:.4f} | {_stat(test['vs_floor']['recall_at_1'])} | "
             f"{test['ndcg_at_3']['mean']:.4f} | {test['valid_rate']:.2%} | {test.get('copied_pre_rank_rate', 0.0):.2%} |"
         )
-    floor = next(iter(rows.values()))["test"]
-    floor = (floor["test_sample"] if "test_sample" in floor else floor["all"])["floor"]
+    floor = _test_slice(next(iter(rows.values())))["floor"]
     lines.append(f"| pre-rank floor | | {floor['recall_at_1']['mean']:.4f} | | {floor['ndcg_at_3']['mean']:.4f} | | |")
     if label == summary.get("final") and summary.get("sweep"):
         lines += ["", "| tau | users | R@1 | valid | tokens per forward |", "|---|---|---|---|---|"]
@@ -77,7 +82,10 @@ def model_card(cfg: Config, reference: str, summary: dict[str, Any] | None = Non
         summary: a recipe summary to take the test rows from (``dgr2 report --json``); its rows
             appear when the version's checkpoint is one of its models.
     """
-    version = resolve_version(cfg, reference)
+    return _card(cfg, resolve_version(cfg, reference), summary)
+
+
+def _card(cfg: Config, version: Any, summary: dict[str, Any] | None) -> str:
     tags, name = version.tags, version.name
     params = _run_params(cfg, version.run_id)
     aliases = ", ".join(version.aliases) or "none"
@@ -155,7 +163,7 @@ def card_html(markdown: str) -> str:
 def log_card(cfg: Config, reference: str, summary: dict[str, Any] | None = None) -> str:
     """Write the card to the version's run as Markdown and HTML; returns the Markdown."""
     version = resolve_version(cfg, reference)
-    markdown = model_card(cfg, reference, summary)
+    markdown = _card(cfg, version, summary)
     mlflow_client = client(cfg)
     for text, path in zip((markdown, card_html(markdown)), CARD_FILES):
         mlflow_client.log_text(version.run_id, text, path)
