@@ -349,10 +349,15 @@ class OpdConfig(StageTrainingConfig):
     clip: float = Field(0.2, gt=0.0, lt=1.0)
 
 
+# The smallest block: a block of one token is autoregressive decoding. Config, conversion and
+# every checkpoint read back check against this one bound.
+MIN_BLOCK_SIZE = 2
+
+
 class DiffusionConfig(_Section):
     # Block-diffusion conversion (Diffusion-GR2 section 6; research note section 4). Response
     # tokens per block; the paper uses 32, the research note 8 for short re-ranker outputs.
-    block_size: int = Field(8, ge=2)
+    block_size: int = Field(8, ge=MIN_BLOCK_SIZE)
 
 
 class CftConfig(StageTrainingConfig):

@@ -277,8 +277,6 @@ def generate_blocks(
         raise ValueError(f"need threshold > 0, temperature >= 0 and 0 < top_p <= 1, got {threshold}, {temperature}, {top_p}")
     start = time.perf_counter()
     spec = block_diffusion_spec(model)
-    if spec.block_size < 2:
-        raise ValueError("block size 1 is autoregressive decoding: use components.decoding.ar.generate")
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
     fold = spec.fold_commits if fold is None else fold
 

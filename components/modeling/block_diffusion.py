@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.config import MIN_BLOCK_SIZE
 from components.modeling.tokenizer import MASK_TOKEN
 
 # Custom keys stored on the model config, so a saved checkpoint says how it must be decoded.
@@ -68,8 +69,7 @@ def convert_to_block_diffusion(model: PreTrainedModel, tokenizer: PreTrainedToke
     Returns:
         The same model with ``bd_block_size``, ``bd_mask_token_id`` and ``bd_token_shift`` on its config.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    _check_block_size(block_size)
     mask_id = mask_token_id(tokenizer)
     if mask_id >= model.config.vocab_size:
         raise ValueError(f"mask token id {mask_id} is outside the model's vocabulary ({model.config.vocab_size})")
@@ -85,7 +85,16 @@ def block_diffusion_spec(model: PreTrainedModel) -> BlockDiffusionSpec:
     mask_id = getattr(model.config, MASK_TOKEN_ID_KEY, None)
     if block_size is None or mask_id is None:
         raise ValueError("the model is not a block-diffusion model: convert it first (dgr2 convert)")
+    _check_block_size(int(block_size))
     return BlockDiffusionSpec(int(block_size), int(mask_id), bool(getattr(model.config, FOLD_KEY, False)))
+
+
+def _check_block_size(block_size: int) -> None:
+    if block_size < MIN_BLOCK_SIZE:
+        raise ValueError(
+            f"block size {block_size} is below {MIN_BLOCK_SIZE}: a block of one token is autoregressive decoding "
+            "(components.decoding.ar.generate)"
+        )
 
 
 def mark_fold_commits(model: PreTrainedModel, trained: bool) -> None:

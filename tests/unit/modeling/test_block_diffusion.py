@@ -54,6 +54,15 @@ def test_unconverted_model_is_refused(model):
         block_diffusion_spec(model)
 
 
+def test_a_one_token_block_is_refused_at_conversion_and_when_read_back(tokenizer):
+    with pytest.raises(ValueError, match="block size 1 is below 2"):
+        convert_to_block_diffusion(tiny_model(tokenizer), tokenizer, block_size=1)
+    converted = convert_to_block_diffusion(tiny_model(tokenizer), tokenizer, block_size=4)
+    converted.config.bd_block_size = 1  # a checkpoint edited or written by other code
+    with pytest.raises(ValueError, match="autoregressive decoding"):
+        block_diffusion_spec(converted)
+
+
 def test_block_size_one_clean_stream_is_the_ar_model(model):
     vocab = model.config.vocab_size
     prompt, clean = _random_ids(PROMPT_LENGTH, vocab, 1), _random_ids(RESPONSE_LENGTH, vocab, 2)
