@@ -219,6 +219,7 @@ class ReRanker:
         request_id = uuid.uuid4().hex[:16]
         try:
             request = parse_request(body, self.reranker.cfg, self.reranker.allowed_sizes)
+            self.batcher.admit()
             # Feature-store reads block; keep them off the event loop that accepts requests.
             prepared = replace(await anyio.to_thread.run_sync(self.reranker.prepare, request), request_id=request_id)
             response = await self.batcher.submit(self.reranker.batch_key(prepared), prepared, self.deadline_s)

@@ -47,6 +47,15 @@ class MicroBatcher(Generic[T, R]):
         # Sizes of the batches run so far, newest last (a bounded window, for metrics and tests).
         self.batch_sizes: list[int] = []
 
+    def admit(self) -> None:
+        """Raise :class:`Overloaded` when ``max_pending`` items are already waiting.
+
+        ``submit`` checks this too; a caller that does costly work before submitting (the
+        service's feature-store read) checks first, so an overloaded service refuses cheaply.
+        """
+        if self._max_pending is not None and self.pending >= self._max_pending:
+            raise Overloaded(f"{self.pending} requests are already queued or decoding (serving.max_pending)")
+
     async def submit(self, key: Hashable, item: T, deadline_s: float | None = None) -> R:
         """Queue ``item`` and wait for its result (or the exception its batch raised).
 
@@ -55,8 +64,7 @@ class MicroBatcher(Generic[T, R]):
             TimeoutError: no result within ``deadline_s``; the item leaves the queue if its
                 decode has not started.
         """
-        if self._max_pending is not None and self.pending >= self._max_pending:
-            raise Overloaded(f"{self.pending} requests are already queued or decoding (serving.max_pending)")
+        self.admit()
         if self._queue is None:
             # Created on first use: the queue and the worker belong to the serving event loop.
             self._queue = asyncio.Queue()

@@ -61,7 +61,10 @@ def test_a_full_queue_refuses_at_once_and_accepts_again_once_answered() -> None:
         with pytest.raises(Overloaded, match="3 requests are already queued"):
             await batcher.submit("k", 99)
         refused_in = time.perf_counter() - started
+        with pytest.raises(Overloaded):
+            batcher.admit()  # the check a caller makes before its own costly work
         answered = await asyncio.gather(*admitted)
+        batcher.admit()
         return refused_in, answered, batcher.pending, await batcher.submit("k", 7)
 
     refused_in, answered, pending, again = asyncio.run(main())
