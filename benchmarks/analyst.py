@@ -30,7 +30,8 @@ from components.config import AnalystWeights, load_config  # noqa: E402
 from components.data.ingest import load_dataset  # noqa: E402
 from components.prompts.catalog import load_catalog  # noqa: E402
 from components.rank_metrics import paired_difference_ci, ranking_metrics  # noqa: E402
-from components.traces.analyst import AnalystStats, AnalystTeacher, training_interactions  # noqa: E402
+from components.data.splits import training_interactions  # noqa: E402
+from components.traces.analyst import AnalystStats, AnalystTeacher  # noqa: E402
 
 # Breaks a lone signal's ties by the pre-rank without outweighing any real difference.
 TIE_BREAK = 1e-6

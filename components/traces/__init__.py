@@ -1,7 +1,8 @@
 """Reasoning traces for SFT: trace teachers (an offline analyst, an OpenAI-compatible endpoint) and
 GR2's rejection / targeted sampling over them."""
 
-from components.traces.analyst import AnalystStats, AnalystTeacher, AnalystWeights, trace_length, training_interactions
+from components.data.splits import training_interactions
+from components.traces.analyst import AnalystStats, AnalystTeacher, AnalystWeights, trace_length
 from components.traces.openai_client import OpenAITeacher, TeacherUnavailable
 from components.traces.sampling import example_rng, generate_traces
 from components.traces.teacher import InvalidProposal, Proposal, TraceTeacher

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from components.config import AnalystWeights, PromptConfig, TracesConfig
-from components.data.splits import training_interactions
 from components.prompts.render import ItemCatalog
 from components.semantic_ids.format import SID_TOKEN_RE
 from components.traces.teacher import Proposal
@@ -79,7 +78,7 @@ class AnalystStats:
         for user_id, items in ordered.groupby("user_id", sort=False)["item_id"]:
             sequence = items.tolist()
             stats.popularity.update(sequence)
-            own_items = stats.user_items[str(user_id)] = Counter(sequence)
+            stats.user_items[str(user_id)] = Counter(sequence)
             categories = [catalog.item(i).leaf_category if i in catalog else None for i in sequence]
             own_transitions = stats.user_transitions[str(user_id)] = Counter(
                 (before, after) for before, after in zip(categories, categories[1:]) if before and after

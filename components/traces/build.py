@@ -17,10 +17,11 @@ from components import storage
 from components.candidates.examples import read_examples, split_examples
 from components.config import Config
 from components.data.ingest import load_dataset
+from components.data.splits import training_interactions
 from components.prompts.catalog import load_catalog
 from components.prompts.render import ItemCatalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
-from components.traces.analyst import AnalystStats, AnalystTeacher, trace_length, training_interactions
+from components.traces.analyst import AnalystStats, AnalystTeacher, trace_length
 from components.traces.openai_client import OpenAITeacher
 from components.traces.sampling import generate_traces
 from components.traces.teacher import TraceTeacher
