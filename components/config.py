@@ -232,6 +232,11 @@ class TracesConfig(_Section):
     seed: int = 0
 
 
+# cosine / linear decay over the whole run after warmup; constant holds the rate; wsd
+# (warmup-stable-decay) holds it, then decays linearly to 0 over the last ``decay_fraction`` of the steps.
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
+
+
 class TrainingConfig(_Section):
     """Shared-loop defaults; each stage's own section overrides what differs."""
 
@@ -239,7 +244,10 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(20, ge=0)
     max_steps: int = Field(200, ge=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
+    # Share of max_steps over which the wsd schedule decays (annealing the rate makes the last
+    # weights an average over the noise of the stable phase, not one sample of it).
+    decay_fraction: float = Field(0.2, gt=0.0, le=1.0)
     batch_size: int = Field(16, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0.0)
@@ -254,7 +262,8 @@ class StageTrainingConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     learning_rate: float | None = Field(None, gt=0.0)
     warmup_steps: int | None = Field(None, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] | None = None
+    schedule: Schedule | None = None
+    decay_fraction: float | None = Field(None, gt=0.0, le=1.0)
     batch_size: int | None = Field(None, ge=1)
     grad_accum_steps: int | None = Field(None, ge=1)
 
@@ -326,7 +335,7 @@ class DiffusionRlConfig(RlConfig):
     # The block-diffusion model's RL stage (Diffusion-GR2 section 6.5): G = 8, symmetric eps = 0.2,
     # alpha = 0.2, constant LR, no warmup; the reward is the teacher's.
     clip_high: float = Field(0.2, gt=0.0)
-    schedule: Literal["cosine", "linear", "constant"] | None = "constant"
+    schedule: Schedule | None = "constant"
     warmup_steps: int | None = Field(0, ge=0)
 
 

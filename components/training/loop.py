@@ -128,7 +128,8 @@ def lr_multiplier(step: int, cfg: TrainingConfig) -> float:
     """Factor applied to ``cfg.learning_rate`` at a 0-based step.
 
     Linear warmup reaches 1 at step ``warmup_steps - 1``; then ``cosine`` and ``linear`` decay
-    towards 0 at ``max_steps`` and ``constant`` stays at 1.
+    towards 0 at ``max_steps``, ``constant`` stays at 1 and ``wsd`` stays at 1 until the last
+    ``decay_fraction`` of ``max_steps``, over which it falls linearly towards 0.
 
     Args:
         step: the optimizer step about to be taken, counted from 0.
@@ -142,6 +143,8 @@ def lr_multiplier(step: int, cfg: TrainingConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "wsd":
+        return min(1.0, (cfg.max_steps - step) / max(1.0, cfg.decay_fraction * cfg.max_steps))
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -61,10 +61,12 @@ def test_weight_decay_skips_biases_and_norms(tmp_path: Path) -> None:
         ("cosine", {0: 0.25, 3: 1.0, 4: 1.0, 9: 0.5, 11: 0.5 * (1 + math.cos(0.7 * math.pi))}),
         ("linear", {0: 0.25, 1: 0.5, 4: 1.0, 9: 0.5, 13: 0.1}),
         ("constant", {0: 0.25, 4: 1.0, 13: 1.0}),
+        # decay_fraction=5/14: the last 5 steps decay, a fifth of the rate per step.
+        ("wsd", {0: 0.25, 4: 1.0, 9: 1.0, 10: 0.8, 13: 0.2}),
     ],
 )
 def test_schedule_values(schedule: str, expected: dict[int, float]) -> None:
-    cfg = _config(schedule=schedule, warmup_steps=4, max_steps=14)
+    cfg = _config(schedule=schedule, warmup_steps=4, max_steps=14, decay_fraction=5 / 14)
     for step, multiplier in expected.items():
         assert lr_multiplier(step, cfg) == pytest.approx(multiplier), step
 
