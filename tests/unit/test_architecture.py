@@ -1,8 +1,8 @@
 """The import graph keeps the architecture's direction: every import points down the layers, no cycle
 between packages, and a service process that loads only what serves.
 
-Read from the source with ``ast`` (``tests/import_graph.py``, function-level imports included), so the test needs nothing
-installed beyond the project itself.
+Read from the source with ``ast`` (``tests/import_graph.py``, function-level imports included), so
+the test needs nothing installed beyond the project itself.
 """
 
 from __future__ import annotations
