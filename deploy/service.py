@@ -35,7 +35,7 @@ from components.serving import shadow
 from components.serving.batching import MicroBatcher, Overloaded
 from components.serving.bundle import bundle_to_serve, load_reranker
 from components.serving.engine import Prepared
-from components.serving.request import RequestError, parse_json, parse_request
+from components.serving.request import RequestError, metric_field, parse_json, parse_request
 
 BUNDLE_TAG = bundle_to_serve(__file__)
 API_KEY_ENV = "DGR2_API_KEY"
@@ -118,7 +118,7 @@ GUARD = GuardSettings()
 
 
 def _reject(error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
-    REJECTED.labels(status=str(error.status), field=error.field).inc()
+    REJECTED.labels(status=str(error.status), field=metric_field(error.field)).inc()
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 

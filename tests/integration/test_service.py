@@ -23,6 +23,7 @@ from typing import Iterator
 
 import httpx
 import pytest
+import schemathesis
 
 from components.config import load_config
 from flows.package import PackagingError, package_service
@@ -36,6 +37,7 @@ from tests.unit.tiny_lm import publish_checkpoint
 
 pytestmark = pytest.mark.integration
 
+RERANK_PATH = "/rerank"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CANDIDATES = ITEM_IDS[4:14]
@@ -254,6 +256,32 @@ def test_the_challenger_shadows_champion_requests_off_the_response_path(server: 
     # Both untrained models answer with the pre-rank order, so the two agree on every request.
     assert summary["error"] == 0 and summary["top1_agreement"] == 1.0 and summary["mean_rank_correlation"] == 1.0
     assert summary["valid_rate"] == 0.0 and summary["mean_decode_ms"] > 0
+
+
+def test_requests_generated_from_the_openapi_schema_get_no_5xx_and_each_4xx_names_its_field(server: str) -> None:
+    """Property-based requests from the service's own OpenAPI schema (schemathesis), every
+    operation: whatever the body, no server error, and a refused /rerank says which field and why."""
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{server}/docs.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert RERANK_PATH in {operation.path for operation in operations}
+    answered: dict[int, int] = {}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        def call(case) -> None:
+            response = case.call(base_url=server, headers=AUTH, timeout=120)
+            answered[response.status_code] = answered.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (case.path, case.body, response.text[:500])
+            if case.path == RERANK_PATH and 400 <= response.status_code < 500:
+                body = response.json()
+                assert body["field"] and body["reason"], (case.body, body)
+
+        call()
+    # The generated bodies reached the request checks, not only the transport guard.
+    assert any(400 <= status < 500 for status in answered), answered
 
 
 def test_packaging_again_reuses_the_bundle(packaged: Packaged) -> None:
