@@ -11,13 +11,15 @@ of the champion's requests is decoded again by the challenger after the answer i
 Environment:
     DGR2_BENTO_MODEL  the bundle to build a Bento around, or to serve from the source tree
                       (``dgr2-reranker:<tag>``; default the newest). A built Bento ignores it.
-    DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``.
+    DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``;
+                      unset, ``/rerank`` answers only on a loopback address (503 on any other).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import random
@@ -137,7 +139,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        error = self._check_key(headers) or self._check_length(headers)
+        error = self._check_key(headers, scope.get("server")) or self._check_length(headers)
         if error is None:
             body, error = await self._read_body(receive)
         if error is None:
@@ -151,10 +153,15 @@ class RequestGuard:
         await self.app(scope, _replay(body), send)
 
     @staticmethod
-    def _check_key(headers: dict[str, str]) -> RequestError | None:
+    def _check_key(headers: dict[str, str], server: tuple[str, int] | None) -> RequestError | None:
         expected = os.environ.get(API_KEY_ENV)
         if not expected:
-            return None
+            # Fail closed: without a key the service answers only on this machine.
+            if server is None or _is_loopback(server[0]):
+                return None
+            return RequestError(
+                503, "authorization", f"the service listens on {server[0]} without {API_KEY_ENV}; set a key to serve beyond loopback"
+            )
         bearer = headers.get("authorization", "")
         presented = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
         if hmac.compare_digest(presented.encode(), expected.encode()):
@@ -182,6 +189,16 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (the address the request came in on) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # any other name may resolve beyond this machine
+        return False
 
 
 def _replay(body: bytes) -> Any:
