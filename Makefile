@@ -46,12 +46,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_flow.py --config configs/$(PROFILE).yaml
 
 # The registered champion (DGR2_SERVE_ALIAS=challenger: the challenger) and its AR teacher, packaged
-# into a Bento (store: $DGR2_HOME/bentoml) and served on 127.0.0.1:$DGR2_SERVE_PORT (default 3000).
+# into a Bento (store: $DGR2_HOME/bentoml) and served on 127.0.0.1:$DGR2_SERVE_PORT (default 3000);
+# DGR2_SHADOW_FRACTION=0.1 also packages the challenger and shadows that share of requests with it.
 serve: $(STAMP)
 	if [ -f $(STACK_ENV) ]; then source $(STACK_ENV); fi; \
 	export BENTOML_HOME=$${BENTOML_HOME:-$$(realpath -m $${DGR2_HOME:-.dgr2})/bentoml}; \
 	alias=$${DGR2_SERVE_ALIAS:-champion}; port=$${DGR2_SERVE_PORT:-3000}; \
-	packaged=$$($(BIN)/python -m flows.package --config configs/$(PROFILE).yaml --alias $$alias) \
+	shadow=$${DGR2_SHADOW_FRACTION:+--set serving.shadow_fraction=$$DGR2_SHADOW_FRACTION}; \
+	packaged=$$($(BIN)/python -m flows.package --config configs/$(PROFILE).yaml --alias $$alias $$shadow) \
 	  || { echo "make serve: nothing to serve (see above); DGR2_SERVE_ALIAS=challenger serves the challenger" >&2; exit 2; }; \
 	bento=$$(echo "$$packaged" | tail -n 1 | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["bento_tag"])'); \
 	echo "serving $$alias ($$packaged) at http://127.0.0.1:$$port  (POST /rerank, /readyz, /metrics)"; \

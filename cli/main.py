@@ -42,7 +42,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 # Errors that mean bad input or a failed check, not a bug: reported in one line, exit code 2.
 # Matched by class name so that start-up need not import the modules (GX) that define them.
-_USER_ERRORS = ("ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError", "RegistryError")
+_USER_ERRORS = (
+    "ConfigError", "DataError", "DataValidationError", "StorageError", "HistoryMismatchError", "RegistryError", "CheckpointError"
+)
 
 
 def _project_environment(work_dir: str) -> None:

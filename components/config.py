@@ -424,6 +424,13 @@ class ServingConfig(_Section):
     # Requests queued or decoding at once in a worker; beyond it the service answers 429 with
     # Retry-After, so latency stays bounded under overload instead of growing with the queue.
     max_pending: int = Field(256, ge=1)
+    # Shadow traffic: this share of the champion's (decoder "diffusion") requests is decoded again
+    # by the challenger after the answer is sent, and the two rankings compared (Prometheus
+    # dgr2_shadow_*). Packaging includes the challenger when this is above 0 and the registry has
+    # one of the champion's catalogue. Shadow decodes run only while no live request waits, and
+    # at most shadow_max_pending queue; the rest are dropped (counted), never delayed.
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    shadow_max_pending: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _threshold_range(self) -> "ServingConfig":
@@ -461,6 +468,16 @@ class SasrecConfig(_Section):
         return self
 
 
+class MonitoringConfig(_Section):
+    # The scheduled evaluate-champion flow re-scores the champion on the newest data's gate sample
+    # and flags it when a quality metric (valid rate, Recall@1, NDCG@3) fell by more than this
+    # (absolute) since the promotion that made it champion.
+    max_metric_drop: float = Field(0.02, ge=0.0, le=1.0)
+    # The running service (e.g. http://127.0.0.1:3000): evaluate-champion reads its shadow-traffic
+    # counters from /metrics into its report and onto the challenger's version. Empty: not read.
+    service_url: str = ""
+
+
 class Config(_Section):
     profile: str = "default"
     seed: int = 0
@@ -484,6 +501,7 @@ class Config(_Section):
     diffusion_rl: DiffusionRlConfig = DiffusionRlConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     serving: ServingConfig = ServingConfig()
     sasrec: SasrecConfig = SasrecConfig()
 

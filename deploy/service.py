@@ -4,17 +4,27 @@ BentoML stays at this edge: request checks, prompts, decoding and the fallback l
 ``components/serving``. The model comes from the BentoML model store, written there by
 ``flows.package``: in a built Bento, the bundle the Bento was built with (its ``bento.yaml``).
 
+With ``serving.shadow_fraction`` above 0 and a challenger packaged beside the champion, that share
+of the champion's requests is decoded again by the challenger after the answer is sent
+(``components/serving/shadow.py``; Prometheus ``dgr2_shadow_*``).
+
 Environment:
     DGR2_BENTO_MODEL  the bundle to build a Bento around, or to serve from the source tree
                       (``dgr2-reranker:<tag>``; default the newest). A built Bento ignores it.
-    DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``.
+    DGR2_API_KEY      when set, ``/rerank`` needs it as ``Authorization: Bearer <key>`` or ``X-API-Key``;
+                      unset, ``/rerank`` answers only on a loopback address (503 on any other).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import logging
 import os
+import random
+import threading
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,10 +33,11 @@ import anyio
 import bentoml
 from starlette.responses import JSONResponse
 
+from components.serving import shadow
 from components.serving.batching import MicroBatcher, Overloaded
 from components.serving.bundle import bundle_to_serve, load_reranker
 from components.serving.engine import Prepared
-from components.serving.request import RequestError, parse_json, parse_request
+from components.serving.request import RequestError, metric_field, parse_json, parse_request
 
 BUNDLE_TAG = bundle_to_serve(__file__)
 API_KEY_ENV = "DGR2_API_KEY"
@@ -64,6 +75,33 @@ FORWARD_PASSES = bentoml.metrics.Histogram(
     labelnames=["decoder"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+SHADOW_REQUESTS = bentoml.metrics.Counter(
+    name=shadow.REQUESTS,
+    documentation="Champion requests picked for shadow decoding by the challenger, by outcome (decoded, dropped, error).",
+    labelnames=["challenger", "outcome"],
+)
+SHADOW_TOP1 = bentoml.metrics.Counter(
+    name=shadow.TOP1_AGREEMENTS,
+    documentation="Shadow decodes whose top item equals the champion's answer's.",
+    labelnames=["challenger"],
+)
+SHADOW_VALID = bentoml.metrics.Counter(
+    name=shadow.VALID_ANSWERS,
+    documentation="Shadow decodes whose output was a valid ranking.",
+    labelnames=["challenger"],
+)
+SHADOW_CORRELATION = bentoml.metrics.Histogram(
+    name=shadow.RANK_CORRELATION,
+    documentation="Spearman correlation of the challenger's and the champion's rankings of a request.",
+    labelnames=["challenger"],
+    buckets=(-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+)
+SHADOW_SECONDS = bentoml.metrics.Histogram(
+    name=shadow.DECODE_SECONDS,
+    documentation="Wall time of the shadow decode that held a request.",
+    labelnames=["challenger"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="dgr2_rerank_batch_size",
     documentation="Requests decoded together.",
@@ -82,7 +120,7 @@ GUARD = GuardSettings()
 
 
 def _reject(error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
-    REJECTED.labels(status=str(error.status), field=error.field).inc()
+    REJECTED.labels(status=str(error.status), field=metric_field(error.field)).inc()
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -101,7 +139,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        error = self._check_key(headers) or self._check_length(headers)
+        error = self._check_key(headers, scope.get("server")) or self._check_length(headers)
         if error is None:
             body, error = await self._read_body(receive)
         if error is None:
@@ -115,10 +153,15 @@ class RequestGuard:
         await self.app(scope, _replay(body), send)
 
     @staticmethod
-    def _check_key(headers: dict[str, str]) -> RequestError | None:
+    def _check_key(headers: dict[str, str], server: tuple[str, int] | None) -> RequestError | None:
         expected = os.environ.get(API_KEY_ENV)
         if not expected:
-            return None
+            # Fail closed: without a key the service answers only on this machine.
+            if server is None or _is_loopback(server[0]):
+                return None
+            return RequestError(
+                503, "authorization", f"the service listens on {server[0]} without {API_KEY_ENV}; set a key to serve beyond loopback"
+            )
         bearer = headers.get("authorization", "")
         presented = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
         if hmac.compare_digest(presented.encode(), expected.encode()):
@@ -146,6 +189,16 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (the address the request came in on) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # any other name may resolve beyond this machine
+        return False
 
 
 def _replay(body: bytes) -> Any:
@@ -176,6 +229,21 @@ class ReRanker:
         )
         self.deadline_s = cfg.serving.deadline_ms / 1000
         self.counts: dict[str, list[int]] = {}  # decoder -> [answered, fell back]
+        # One decode at a time, live or shadow: a shadow decode never shares the CPU with a live one.
+        self.decoding = threading.Lock()
+        self.shadow_batcher: MicroBatcher[Prepared, dict[str, Any]] | None = None
+        if self.reranker.shadow is not None:
+            info = self.reranker.shadow.info
+            self.challenger = f"{info.name}/{info.version}"
+            self.shadow_batcher = MicroBatcher(
+                self._decode_shadow_batch, cfg.serving.max_batch_size, cfg.serving.max_batch_wait_ms / 1000, cfg.serving.shadow_max_pending
+            )
+            for outcome in shadow.OUTCOMES:  # every series on /metrics from the start, at 0
+                SHADOW_REQUESTS.labels(challenger=self.challenger, outcome=outcome)
+            SHADOW_TOP1.labels(challenger=self.challenger)
+            SHADOW_VALID.labels(challenger=self.challenger)
+        self.shadow_sampler = random.Random(cfg.seed)
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.reranker.warm_up()
         self.ready = True
         logger.info("serving %s (%s)", self.bundle.tag, ", ".join(f"{d}: {m.info.name}/{m.info.version}" for d, m in self.reranker.models.items()))
@@ -186,12 +254,53 @@ class ReRanker:
     def _decode_batch(self, key: Any, batch: list[Prepared]) -> list[dict[str, Any]]:
         BATCH_SIZE.observe(len(batch))
         try:
-            return self.reranker.decode(key, batch)
+            with self.decoding:
+                return self.reranker.decode(key, batch)
         except Exception:  # noqa: BLE001 - the service never answers without a ranking
             # Logged once per batch with its request ids; the clients see only the fallback reason.
             logger.exception("decode failed for requests %s; answering with the pre-rank order", ", ".join(p.request_id for p in batch))
             DECODE_ERRORS.labels(decoder=key[0]).inc(len(batch))
             return [self.reranker.fallback_answer(p, "decode_error") for p in batch]
+
+    def _decode_shadow_batch(self, key: Any, batch: list[Prepared]) -> list[dict[str, Any]]:
+        # Live requests first: start only when none waits. One that arrives during a shadow decode
+        # waits for it, at most one shadow batch.
+        while self.batcher.pending:
+            time.sleep(0.005)
+        with self.decoding:
+            return self.reranker.decode_shadow(batch)
+
+    def _start_shadow(self, prepared: Prepared, response: dict[str, Any]) -> None:
+        """Decode this champion request with the challenger too, after the answer has gone."""
+        if self.shadow_batcher is None or prepared.request.decoder != "diffusion":
+            return
+        if response["fallback_reason"] in ("deadline", "decode_error"):  # a service short of time sheds the extra work
+            return
+        if self.shadow_sampler.random() >= self.reranker.cfg.serving.shadow_fraction:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(prepared, response["ranking"]))
+        self.shadow_tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _shadow(self, prepared: Prepared, champion_ranking: list[str]) -> None:
+        assert self.shadow_batcher is not None
+        try:
+            answer = await self.shadow_batcher.submit(("shadow", None), prepared)
+        except Overloaded:
+            SHADOW_REQUESTS.labels(challenger=self.challenger, outcome="dropped").inc()
+            return
+        except Exception:  # noqa: BLE001 - the client has its answer; the failure is counted and logged
+            logger.exception("shadow decode failed for request %s", prepared.request_id)
+            SHADOW_REQUESTS.labels(challenger=self.challenger, outcome="error").inc()
+            return
+        comparison = shadow.compare(champion_ranking, answer["ranking"])
+        SHADOW_REQUESTS.labels(challenger=self.challenger, outcome="decoded").inc()
+        if comparison["top1_agrees"]:
+            SHADOW_TOP1.labels(challenger=self.challenger).inc()
+        if answer["valid"]:
+            SHADOW_VALID.labels(challenger=self.challenger).inc()
+        SHADOW_CORRELATION.labels(challenger=self.challenger).observe(comparison["rank_correlation"])
+        SHADOW_SECONDS.labels(challenger=self.challenger).observe(answer["decode"]["ms"] / 1000)
 
     def _count(self, decoder: str, response: dict[str, Any]) -> None:
         answered, fell_back = self.counts.setdefault(decoder, [0, 0])
@@ -230,6 +339,7 @@ class ReRanker:
         except TimeoutError:
             response = self.reranker.fallback_answer(prepared, "deadline")
         self._count(request.decoder, response)
+        self._start_shadow(prepared, response)
         return response | {"request_id": request_id}
 
 

@@ -20,9 +20,8 @@ from typing import Any, Mapping
 
 from components import storage
 from components.config import Config
-from components.serving.bundle import BUNDLE_ENV, BUNDLE_NAME, write_bundle
+from components.serving.bundle import BUNDLE_ENV, BUNDLE_NAME, SHADOW, Role, write_bundle
 from components.serving.engine import ModelInfo
-from components.serving.request import Decoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO_ROOT / "deploy" / "bentofile.yaml"
@@ -38,6 +37,7 @@ class PackagedService:
     bento_tag: str | None  # the built Bento, dgr2-reranker:<version>; None when not built
     student: str  # diffusion-gr2/<version>
     teacher: str  # gr2-ar/<version>, as the lineage names it
+    shadow: str | None = None  # diffusion-gr2/<version>: the challenger packaged for shadow traffic
 
 
 def _checkpoint_dir(cfg: Config, version: Any) -> Path:
@@ -70,6 +70,21 @@ def _teacher_version(cfg: Config, student: Any) -> Any:
         raise PackagingError(f"{where} names {parent}, which the registry cannot return: {exc.message}") from exc
 
 
+def _shadow_version(cfg: Config, student: Any) -> Any | None:
+    """The challenger to shadow ``student`` with: only when ``serving.shadow_fraction`` asks for
+    shadow traffic, and only a challenger that is another version of the same catalogue."""
+    from components.tracking.registry import CHALLENGER, version_by_alias
+
+    if cfg.serving.shadow_fraction <= 0:
+        return None
+    challenger = version_by_alias(cfg, student.name, CHALLENGER)
+    if challenger is None or challenger.version == student.version:
+        return None
+    if challenger.tags.get("catalog") != student.tags.get("catalog"):
+        return None
+    return challenger
+
+
 def feature_store_of(cfg: Config, dataset_version: str) -> Path:
     """The local Feast store the data flow built for ``dataset_version`` under ``cfg``.
 
@@ -88,7 +103,7 @@ def feature_store_of(cfg: Config, dataset_version: str) -> Path:
     return Path(cfg.storage.work_dir) / "feast" / PurePosixPath(features_uri).name
 
 
-def import_bundle(cfg: Config, feature_store_dir: str | Path, checkpoints: Mapping[Decoder, tuple[str | Path, ModelInfo]]) -> str:
+def import_bundle(cfg: Config, feature_store_dir: str | Path, checkpoints: Mapping[Role, tuple[str | Path, ModelInfo]]) -> str:
     """Write a serving bundle into the BentoML model store (``$BENTOML_HOME``); returns its tag.
 
     A bundle of the same registered versions, config and feature store is reused rather than
@@ -155,7 +170,7 @@ def package_service(
     """
     from mlflow.exceptions import MlflowException
 
-    from components.tracking.registry import version_by_alias
+    from components.tracking.registry import CHALLENGER, version_by_alias
     from components.tracking.runs import client
 
     name = cfg.tracking.student_model_name
@@ -175,16 +190,20 @@ def package_service(
     teacher = _teacher_version(cfg, student)
     if feature_store_dir is None:
         feature_store_dir = feature_store_of(cfg, student.tags.get("dataset_version", ""))
-    checkpoints: dict[Decoder, tuple[str | Path, ModelInfo]] = {
+    checkpoints: dict[Role, tuple[str | Path, ModelInfo]] = {
         "diffusion": (_checkpoint_dir(cfg, student), ModelInfo(name, str(student.version), None if version else alias))
     }
     checkpoints["ar"] = (_checkpoint_dir(cfg, teacher), ModelInfo(teacher.name, str(teacher.version), None))
+    challenger = _shadow_version(cfg, student)
+    if challenger is not None:
+        checkpoints[SHADOW] = (_checkpoint_dir(cfg, challenger), ModelInfo(name, str(challenger.version), CHALLENGER))
     model_tag = import_bundle(cfg, feature_store_dir, checkpoints)
     return PackagedService(
         model_tag=model_tag,
         bento_tag=build_bento(model_tag) if build else None,
         student=f"{name}/{student.version}",
         teacher=f"{teacher.name}/{teacher.version}",
+        shadow=f"{name}/{challenger.version}" if challenger is not None else None,
     )
 
 

@@ -44,6 +44,7 @@ SASREC_STAGE = StageSpec(
     (
         "components/baselines",
         "components/candidates/prerank",
+        "components/candidates/sasrec",
         "components/data/splits",
         "components/data/ingest",
         "components/evaluation",

@@ -26,7 +26,9 @@ from components.prompts.catalog import load_catalog
 from components.prompts.render import render_prompts
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
-SPEED_STAGE = StageSpec("speed", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding"))
+SPEED_STAGE = StageSpec(
+    "speed", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/decoding", "components/modeling", "components/prompts")
+)
 
 
 def _timed(decode: Any, prompts: list[str]) -> tuple[dict[str, float], Generation]:

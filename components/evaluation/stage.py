@@ -27,8 +27,11 @@ from components.prompts.catalog import load_catalog
 from components.prompts.render import render_prompts
 from components.stage import StageResult, StageSpec, cached_result, publishing
 
+# Modeling is in the code: the block attention masks the decoders use live there.
 EVALUATION_STAGE = StageSpec(
-    "evaluation", ("evaluation", "prompts", "candidates"), ("components/evaluation", "components/rank_metrics", "components/decoding", "components/prompts")
+    "evaluation",
+    ("evaluation", "prompts", "candidates"),
+    ("components/evaluation", "components/rank_metrics", "components/decoding", "components/modeling", "components/prompts"),
 )
 
 

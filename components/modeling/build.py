@@ -25,7 +25,7 @@ from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.build import read_traces
 
 BASE_MODEL_STAGE = StageSpec(
-    "base_model", ("model", "prompts"), ("components/modeling", "components/prompts")
+    "base_model", ("model", "prompts"), ("components/modeling", "components/prompts", "components/semantic_ids/format")
 )
 # Prompts sampled into the tokenizer's corpus: they repeat one template, so a few thousand teach
 # BPE everything the rest would.

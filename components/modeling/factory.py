@@ -119,11 +119,7 @@ def load_pretrained(base_model_dir: str, sid_tokens: list[str]) -> tuple[PreTrai
     Raises:
         FileNotFoundError: ``base_model_dir`` is not a model directory (no ``config.json``).
     """
-    path = _model_dir(base_model_dir, "config.json")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION
-    )
+    model, tokenizer = _read_model_dir(_model_dir(base_model_dir, "config.json"))
     add_reranker_tokens(tokenizer, sid_tokens)
     # Qwen checkpoints keep spare embedding rows past len(tokenizer); never shrink into them.
     model.resize_token_embeddings(max(len(tokenizer), model.get_input_embeddings().num_embeddings))
@@ -166,14 +162,52 @@ def load_model(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
 
     Raises:
         FileNotFoundError: ``model_dir`` holds no ``dgr2_model.json``.
+        CheckpointError: a file of the checkpoint is truncated or corrupt (named in the message).
     """
     path = _model_dir(model_dir, METADATA_FILE)
-    metadata = json.loads((path / METADATA_FILE).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION
-    )
+    try:
+        metadata = json.loads((path / METADATA_FILE).read_text())
+    except ValueError as exc:
+        raise unreadable(path / METADATA_FILE, exc) from None
+    model, tokenizer = _read_model_dir(path)
     return model.eval(), tokenizer, metadata
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: truncated, corrupted or only partly copied."""
+
+
+def unreadable(file: Path, exc: BaseException) -> CheckpointError:
+    """The error for ``file``, which failed to load with ``exc``; says how to get a good one."""
+    return CheckpointError(
+        f"checkpoint file {file} is unreadable ({exc}); it was truncated or changed after it was written: "
+        "remove the stage output that holds it and run the stage again"
+    )
+
+
+def _check_weights(path: Path) -> None:
+    """Read every safetensors header: a truncated or corrupted weights file fails here, by name."""
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for every defect
+            raise unreadable(weights, exc) from None
+
+
+def _read_model_dir(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer and float32 model from ``path``; a damaged file raises :class:`CheckpointError`."""
+    _check_weights(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION
+        )
+    except (OSError, ValueError) as exc:  # a corrupt config or tokenizer file (JSONDecodeError is a ValueError)
+        raise unreadable(path, exc) from None
+    return model, tokenizer
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -4,9 +4,10 @@ Packaging writes it into the BentoML model store (``flows/package.py``), so a bu
 Bento holds its models and needs neither the MLflow server nor the artifact root at run time.
 Layout::
 
-    serving.json     {"config": {...}, "feature_store_dir": "...", "models": {"diffusion": {...}, "ar": {...}}}
+    serving.json     {"config": {...}, "feature_store_dir": "...", "models": {"diffusion": {...}, "ar": {...}, ...}}
     diffusion/       the student's checkpoint (save_model layout)
-    ar/              its AR teacher's checkpoint, when packaged
+    ar/              its AR teacher's checkpoint
+    shadow/          the challenger student, when packaged for shadow traffic (serving.shadow_fraction)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 import yaml
@@ -34,6 +35,9 @@ BUNDLE_ENV = "DGR2_BENTO_MODEL"
 # Where a Bento finds the feature store when it runs on another machine than the one that packaged
 # it (the manifest records the packaging machine's directory).
 FEATURE_STORE_ENV = "DGR2_FEATURE_STORE_DIR"
+# The bundle's role for a shadow challenger: it answers no client, so it is not a Decoder.
+SHADOW = "shadow"
+Role = Decoder | Literal["shadow"]
 
 
 def bundle_to_serve(service_file: str | Path, environ: Mapping[str, str] = os.environ) -> str:
@@ -61,7 +65,7 @@ def bundle_to_serve(service_file: str | Path, environ: Mapping[str, str] = os.en
 
 
 def write_bundle(
-    out_dir: str | Path, cfg: Config, checkpoints: Mapping[Decoder, tuple[str | Path, ModelInfo]], feature_store_dir: str | Path
+    out_dir: str | Path, cfg: Config, checkpoints: Mapping[Role, tuple[str | Path, ModelInfo]], feature_store_dir: str | Path
 ) -> Path:
     """Copy the checkpoints into ``out_dir`` and write the manifest.
 
@@ -69,7 +73,8 @@ def write_bundle(
         out_dir: an empty or missing directory (a BentoML model's ``path``).
         cfg: the config the models were trained with: prompts, list size, decoding and serving
             settings, and how to open the feature store.
-        checkpoints: per decoder, a local checkpoint directory and the registered version it is.
+        checkpoints: per decoder (and ``shadow``), a local checkpoint directory and the registered
+            version it is.
         feature_store_dir: the Feast store directory (``feature_store_dir`` of the features stage);
             the online store is state the service reads, not something to copy.
 
@@ -81,9 +86,9 @@ def write_bundle(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = {}
-    for decoder, (checkpoint, info) in checkpoints.items():
-        shutil.copytree(checkpoint, out / decoder, dirs_exist_ok=True)
-        models[decoder] = {"dir": decoder, **asdict(info)}
+    for role, (checkpoint, info) in checkpoints.items():
+        shutil.copytree(checkpoint, out / role, dirs_exist_ok=True)
+        models[role] = {"dir": role, **asdict(info)}
     manifest = {"config": cfg.model_dump(mode="json"), "feature_store_dir": str(Path(feature_store_dir).resolve()), "models": models}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return out
@@ -117,8 +122,9 @@ def load_reranker(bundle_dir: str | Path) -> Reranker:
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {}
-    for decoder, entry in manifest["models"].items():
+    for role, entry in manifest["models"].items():
         model, tokenizer, _ = load_model(Path(bundle_dir) / entry["dir"])
         model.to(device)
-        models[decoder] = ServedModel(model, tokenizer, ModelInfo(entry["name"], entry["version"], entry.get("alias")))
-    return Reranker(cfg, models, FeastFeatures(cfg, store_dir))
+        models[role] = ServedModel(model, tokenizer, ModelInfo(entry["name"], entry["version"], entry.get("alias")))
+    shadow = models.pop(SHADOW, None)
+    return Reranker(cfg, models, FeastFeatures(cfg, store_dir), shadow)

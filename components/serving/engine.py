@@ -116,7 +116,11 @@ class Prepared:
 class Reranker:
     """Validates requests against the features, renders prompts and decodes them in batches."""
 
-    def __init__(self, cfg: Config, models: Mapping[Decoder, ServedModel], features: FeatureSource) -> None:
+    def __init__(
+        self, cfg: Config, models: Mapping[Decoder, ServedModel], features: FeatureSource, shadow: ServedModel | None = None
+    ) -> None:
+        if shadow is not None and not is_block_diffusion(shadow.model):
+            raise ValueError("the shadow model is a challenger student and must be a block-diffusion model")
         if "diffusion" in models and not is_block_diffusion(models["diffusion"].model):
             raise ValueError("the diffusion decoder needs a block-diffusion model; this one is autoregressive")
         if "ar" in models and is_block_diffusion(models["ar"].model):
@@ -131,6 +135,8 @@ class Reranker:
         # Speculative decoding needs both: the student drafts, the AR teacher verifies.
         self.decoders: tuple[Decoder, ...] = tuple(self.models) + (("speculative",) if {"diffusion", "ar"} <= set(self.models) else ())
         self.features = features
+        # The challenger that decodes a share of the champion's requests off the response path.
+        self.shadow = shadow
         # Prompts state the list length, and the models were trained on this one size.
         self.allowed_sizes = (cfg.candidates.num_candidates,)
 
@@ -191,6 +197,16 @@ class Reranker:
         """
         decoder, threshold = key
         served = self._answering(decoder)
+        return self._decode(decoder, served, threshold, batch)
+
+    def decode_shadow(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+        """Decode prepared champion requests with the shadow challenger at the serving tau; the
+        answers have the champion's form (the pre-rank order where the challenger's is invalid)."""
+        if self.shadow is None:
+            raise ValueError("this deployment packages no shadow challenger")
+        return self._decode("diffusion", self.shadow, self.cfg.evaluation.serving_threshold, batch)
+
+    def _decode(self, decoder: Decoder, served: ServedModel, threshold: float | None, batch: list[Prepared]) -> list[dict[str, Any]]:
         prompts = [p.prompt for p in batch]
         max_new_tokens = self.cfg.evaluation.max_new_tokens
         if decoder == "diffusion":
@@ -240,10 +256,9 @@ class Reranker:
 
     def warm_up(self) -> None:
         """One short decode per model, so the first request does not pay for lazy initialisation."""
-        for decoder, served in self.models.items():
+        for served in [*self.models.values(), *([self.shadow] if self.shadow is not None else [])]:
             prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "warm-up"}], tokenize=False, add_generation_prompt=True)
-            if decoder == "diffusion":
+            if is_block_diffusion(served.model):
                 generate_blocks(served.model, served.tokenizer, [prompt], 8, threshold=self.cfg.evaluation.serving_threshold)
             else:
                 generate(served.model, served.tokenizer, [prompt], 8)
-

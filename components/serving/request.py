@@ -18,6 +18,14 @@ from components.config import Config
 Decoder = Literal["diffusion", "ar", "speculative"]
 DECODERS: tuple[Decoder, ...] = ("diffusion", "ar", "speculative")
 FIELDS = ("user_id", "history", "candidates", "decoder", "threshold", "return_reasoning")
+# What a refusal can name besides a request field: the body, the API key, the queue.
+TRANSPORT_FIELDS = ("body", "authorization", "queue")
+
+
+def metric_field(field: str) -> str:
+    """``field`` as a metrics label: a key the client made up counts as ``unknown``, so that
+    clients cannot grow the label set without bound."""
+    return field if field in FIELDS or field in TRANSPORT_FIELDS else "unknown"
 # Item and user ids are short keys; a longer one is a client bug, not an id.
 MAX_ID_CHARS = 256
 
@@ -101,7 +109,9 @@ def parse_request(payload: Any, cfg: Config, allowed_sizes: tuple[int, ...]) -> 
         raise RequestError(422, "body", f"must be a JSON object, got {type(payload).__name__}")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise RequestError(422, unknown[0], f"is not a request field; fields are {', '.join(FIELDS)}")
+        # The offending key is the field; a blank one is named by its JSON spelling so the client sees it.
+        field = unknown[0] if unknown[0].strip() else json.dumps(unknown[0])
+        raise RequestError(422, field, f"is not a request field; fields are {', '.join(FIELDS)}")
 
     if "candidates" not in payload:
         raise RequestError(422, "candidates", "is required")

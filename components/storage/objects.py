@@ -16,8 +16,9 @@ from typing import Any
 
 COMPLETE_MARKER = "_COMPLETE"
 # On S3 one publisher at a time uploads a directory: it holds this object, created with a
-# conditional write (If-None-Match), while it does. A lock older than LOCK_STALE_S is a publisher
-# that died without cleaning up; the next one takes it over.
+# conditional write (If-None-Match), while it does. A lock older than LOCK_STALE_S, or one whose
+# publisher is known to be gone (see _lock_orphaned), was left without cleanup; the next one takes
+# it over.
 PUBLISH_LOCK = "_PUBLISHING"
 LOCK_STALE_S = 1800.0
 LOCK_POLL_S = 1.0
@@ -137,11 +138,16 @@ def _client_error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _claim_publish(client: Any, uri: str, bucket: str, lock_key: str) -> bool:
+# Owner tokens of this process's publishes in flight: a lock this process wrote that holds none
+# of them was left behind by a publish that failed (its server went away before the cleanup).
+_HELD_LOCKS: set[str] = set()
+
+
+def _claim_publish(client: Any, uri: str, bucket: str, lock_key: str, owner: str) -> bool:
     """Create the publish lock if no one holds it; False when another publisher does."""
     from botocore.exceptions import ClientError
 
-    body = json.dumps({"owner": uuid.uuid4().hex, "host": os.uname().nodename, "pid": os.getpid()}).encode()
+    body = json.dumps({"owner": owner, "host": os.uname().nodename, "pid": os.getpid()}).encode()
     try:
         client.put_object(Bucket=bucket, Key=lock_key, Body=body, IfNoneMatch="*")
         return True
@@ -171,6 +177,33 @@ def _lock_age_s(client: Any, bucket: str, lock_key: str) -> float | None:
     return (datetime.now(timezone.utc) - written).total_seconds()
 
 
+def _lock_orphaned(client: Any, bucket: str, lock_key: str) -> bool:
+    """Whether the lock's publisher is known to be gone: it ran on this host and its process has
+    exited, or it is this process and holds no such publish. Such a lock is taken over at once
+    rather than after LOCK_STALE_S (say, after the S3 server came back from an outage)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        holder = json.loads(client.get_object(Bucket=bucket, Key=lock_key)["Body"].read() or b"{}")
+    except ClientError as exc:
+        if _client_error_code(exc) in _MISSING_CODES:
+            return False  # released meanwhile: the next claim gets it
+        raise
+    except ValueError:  # not a lock this code wrote: only its age can tell
+        return False
+    if holder.get("host") != os.uname().nodename or not isinstance(holder.get("pid"), int):
+        return False
+    if holder["pid"] == os.getpid():
+        return holder.get("owner") not in _HELD_LOCKS
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _publish_s3(local_dir: Path, uri: str, manifest: dict[str, int], marker: str) -> None:
     """Upload ``local_dir`` under ``uri`` and the marker last, holding the publish lock.
 
@@ -182,16 +215,18 @@ def _publish_s3(local_dir: Path, uri: str, manifest: dict[str, int], marker: str
     bucket, prefix = split_s3(uri)
     client = s3_client()
     lock_key = f"{prefix}/{PUBLISH_LOCK}"
-    while not _s3_call(uri, _claim_publish, client, uri, bucket, lock_key):
+    owner = uuid.uuid4().hex
+    while not _s3_call(uri, _claim_publish, client, uri, bucket, lock_key, owner):
         if exists(uri):
             return
         age = _s3_call(uri, _lock_age_s, client, bucket, lock_key)
-        if age is not None and age > LOCK_STALE_S:
-            # Its publisher died mid-upload: take over (its partial objects are overwritten or
-            # never listed by a marker).
+        if age is not None and (age > LOCK_STALE_S or _s3_call(uri, _lock_orphaned, client, bucket, lock_key)):
+            # Its publisher died or failed mid-upload: take over (its partial objects are
+            # overwritten or never listed by a marker).
             _s3_call(uri, client.delete_object, Bucket=bucket, Key=lock_key)
         elif age is not None:
             time.sleep(LOCK_POLL_S)
+    _HELD_LOCKS.add(owner)
     uploaded: list[str] = []
     try:
         if exists(uri):  # published while this one waited for the lock
@@ -211,9 +246,10 @@ def _publish_s3(local_dir: Path, uri: str, manifest: dict[str, int], marker: str
                 pass
         raise
     finally:
+        _HELD_LOCKS.discard(owner)
         try:
             client.delete_object(Bucket=bucket, Key=lock_key)
-        except Exception:  # noqa: BLE001 - a lock left behind goes stale and is taken over
+        except Exception:  # noqa: BLE001 - a lock left behind is taken over (_lock_orphaned, LOCK_STALE_S)
             pass
 
 

@@ -39,6 +39,16 @@ def resolve_version(cfg: Config, reference: str) -> Any:
         raise RegistryError(f"{reference}: the registry has no such version or alias") from None
 
 
+def shadow_sentence(shadow: dict[str, float]) -> str:
+    """One line on a challenger's shadow traffic (``components.serving.shadow.shadow_summary``)."""
+    return (
+        f"{shadow['decoded']:.0f} requests decoded ({shadow['dropped']:.0f} dropped to keep live latency, "
+        f"{shadow['error']:.0f} errors); top-1 agreement with the champion {shadow['top1_agreement']:.2%}, "
+        f"mean rank correlation {shadow['mean_rank_correlation']:.3f}, valid {shadow['valid_rate']:.2%}, "
+        f"{shadow['mean_decode_ms']:.0f} ms per decode."
+    )
+
+
 def _stat(stat: dict[str, float]) -> str:
     return f"{stat['mean']:+.4f} [{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}]"
 
@@ -121,6 +131,9 @@ def _card(cfg: Config, version: Any, summary: dict[str, Any] | None) -> str:
         lines += [f"- {check}" for check in json.loads(tags.get("promotion.checks", "[]"))] + [""]
     else:
         lines += ["## Promotion gates", "", "Not decided yet.", ""]
+    if "shadow_evidence" in tags:
+        evidence = shadow_sentence(json.loads(tags["shadow_evidence"]))
+        lines += ["## Shadow traffic (live requests, decoded beside the champion)", "", f"- {evidence}", ""]
     lines += _recipe_rows(summary or {}, tags.get("model_uri", ""))
     events = [e for e in champion_history(cfg, name) if e["version"] == str(version.version)]
     if events:

@@ -28,21 +28,10 @@ from components.training.opd import opd_loss_fn
 from components.training.rl import block_policy, dapo_loss_fn, frozen_copy
 from components.training.teacher import encoded_traces, prompt_stage, train_stage, training_inputs
 
-_DIFFUSION_CODE = (
-    "components/modeling/block_diffusion",
-    "components/modeling/factory",
-    "components/training/cft",
-    "components/training/diffusion",
-    "components/training/loop",
-    "components/training/sft",
-    "components/training/replay",
-    "components/training/opd",
-    "components/training/rl",
-    "components/training/dapo",
-    "components/training/reward",
-    "components/training/logprobs",
-    "components/decoding",
-)
+# The diffusion stages run what the teacher stages run (TRAINING_CODE: prompts, the training loop,
+# the RL reward, data splits) and all of training, modeling and decoding besides (conversion, CFT,
+# OPD, replay, every decoder).
+_DIFFUSION_CODE = ("components/training", "components/modeling", "components/decoding", "components/prompts", "components/data/splits")
 CONVERT_STAGE = StageSpec("convert", ("diffusion",), _DIFFUSION_CODE)
 CFT_STAGE = StageSpec("cft", ("cft", "training", "sft", "prompts", "model"), _DIFFUSION_CODE)
 OPD_STAGE = StageSpec("opd", ("opd", "training", "prompts"), _DIFFUSION_CODE)

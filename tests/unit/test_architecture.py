@@ -1,21 +1,19 @@
 """The import graph keeps the architecture's direction: every import points down the layers, no cycle
 between packages, and a service process that loads only what serves.
 
-Read from the source with ``ast`` (function-level imports included), so the test needs nothing
-installed beyond the project itself.
+Read from the source with ``ast`` (``tests/import_graph.py``, function-level imports included), so
+the test needs nothing installed beyond the project itself.
 """
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
+
+from tests.import_graph import ROOT, imports
 
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("components", "flows", "deploy", "feature_repo", "cli")
 
 # The one rule: parts in layers, lowest first. A module imports its own part or a part of a lower
 # layer; parts of the same layer (training and evaluation; the CLI and deploy) know nothing of
@@ -52,29 +50,6 @@ NOT_IN_THE_SERVICE = (
 )
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports() -> dict[str, set[str]]:
-    """Project module -> the project modules it imports (``from a import b`` counts ``a.b`` when
-    that is a module, else ``a``)."""
-    files = [path for directory in SOURCE_DIRS for path in (ROOT / directory).rglob("*.py")]
-    modules = {_module_name(path) for path in files}
-    graph: dict[str, set[str]] = {}
-    for path in files:
-        name = _module_name(path)
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets |= {f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module for alias in node.names}
-        graph[name] = {target for target in targets if target in modules}
-    return graph
-
-
 def _part(module: str) -> str | None:
     for part, prefixes in PARTS.items():
         if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
@@ -89,14 +64,14 @@ def _package(module: str) -> str:
 
 
 def test_the_parts_cover_every_package() -> None:
-    unassigned = sorted({_package(module) for module in _imports() if _part(module) is None} - {"components"})
+    unassigned = sorted({_package(module) for module in imports() if _part(module) is None} - {"components"})
     assert not unassigned, f"packages in no part: {unassigned}"
 
 
 def test_imports_point_down_the_layers() -> None:
     offending = sorted(
         f"{module} ({importer}) imports {target} ({imported})"
-        for module, targets in _imports().items()
+        for module, targets in imports().items()
         for target in targets
         if (importer := _part(module)) and (imported := _part(target)) and importer != imported
         and LAYER_OF[imported] >= LAYER_OF[importer]
@@ -106,7 +81,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_packages_form_no_cycle() -> None:
     edges: dict[str, set[str]] = defaultdict(set)
-    for module, targets in _imports().items():
+    for module, targets in imports().items():
         edges[_package(module)] |= {_package(target) for target in targets} - {_package(module), "components"}
     cycles = []
     state: dict[str, int] = {}

@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Q
 from components.config import ModelConfig
 from components.modeling.factory import (
     METADATA_FILE,
+    CheckpointError,
     build_model,
     count_parameters,
     load_model,
@@ -71,6 +72,19 @@ def test_save_load_round_trip(tokenizer, tmp_path):
     ids = torch.randint(0, len(tokenizer), (2, 9))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "tokenizer.json", METADATA_FILE])
+def test_a_truncated_checkpoint_file_is_named_not_a_library_trace(tokenizer, tmp_path, damaged):
+    save_model(build_model(ModelConfig(preset="tiny"), tokenizer), tokenizer, tmp_path / "ckpt", {"stage": "sft"})
+    file = tmp_path / "ckpt" / damaged
+    with open(file, "r+b") as handle:
+        handle.truncate(file.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="unreadable") as raised:
+        load_model(tmp_path / "ckpt")
+    # The weights and metadata files are named; a damaged tokenizer names its checkpoint directory.
+    assert str(file if damaged != "tokenizer.json" else tmp_path / "ckpt") in str(raised.value)
+    assert "run the stage again" in str(raised.value)
 
 
 def test_load_model_names_a_bad_path(tmp_path):

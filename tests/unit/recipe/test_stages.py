@@ -15,6 +15,7 @@ from components.evaluation.stage import evaluation_inputs
 from components.recipe.stages import STAGES, RecipeStage
 from components.stage import StageResult, publishing
 from flows.stages import STAGE_TASKS, stage_task
+from tests.import_graph import imports
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -26,6 +27,25 @@ def test_each_row_keys_on_exactly_its_functions_inputs(name: str) -> None:
     assert len(key_parameters) == len(stage.input_names)
     named = stage.key_inputs(*(f"uri-{i}" for i in range(len(stage.input_names))))
     assert set(named.values()) <= {f"uri-{i}" for i in range(len(stage.input_names))}
+
+
+# Modules that read an upstream stage's published output: that output is named by the stage's
+# input URIs, so the reader need not be in the stage's own code.
+INPUT_READERS = {"components.candidates.examples", "components.data.ingest", "components.traces.build", "components.semantic_ids.build"}
+BASE = ("components.config", "components.stage", "components.storage")
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_stage_key_hashes_the_code_its_function_module_imports(name: str) -> None:
+    """A stage's cache key must change when code it runs changes, else a stale output is reused."""
+    stage = STAGES[name]
+    imported = imports()[stage.function.__module__]
+    hashed = [path.replace("/", ".") for path in stage.spec.code]
+    unhashed = sorted(
+        module for module in imported - INPUT_READERS
+        if not any(module == prefix or module.startswith(prefix + ".") for prefix in (*hashed, *BASE))
+    )
+    assert not unhashed, f"{name}'s StageSpec.code leaves out {unhashed}"
 
 
 def test_the_torchrun_launcher_takes_the_rows_that_train() -> None:

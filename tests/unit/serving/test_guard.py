@@ -20,7 +20,7 @@ async def _echo(request: Request) -> JSONResponse:
 @pytest.fixture
 def client() -> TestClient:
     app = Starlette(routes=[Route("/rerank", _echo, methods=["POST"]), Route("/other", _echo, methods=["POST"])])
-    return TestClient(RequestGuard(app, GuardSettings(max_body_bytes=1024)))
+    return TestClient(RequestGuard(app, GuardSettings(max_body_bytes=1024)), base_url="http://127.0.0.1")
 
 
 def test_a_good_body_reaches_the_app_whole(client: TestClient) -> None:
@@ -50,3 +50,15 @@ def test_api_key_when_configured(client: TestClient, monkeypatch: pytest.MonkeyP
     assert client.post("/rerank", content=b"{}", headers={"Authorization": "Bearer wrong"}).json()["reason"].startswith("API key is wrong")
     assert client.post("/rerank", content=b"{}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.post("/rerank", content=b"{}", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5", "0.0.0.0", "reranker.internal"])
+def test_without_a_key_the_service_answers_only_on_loopback(client: TestClient, monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert client.post("/rerank", content=b"{}").status_code == 200  # 127.0.0.1
+    assert client.post("http://localhost/rerank", content=b"{}").status_code == 200
+    refused = client.post(f"http://{host}/rerank", content=b"{}")
+    assert refused.status_code == 503 and refused.json()["field"] == "authorization"
+    assert f"listens on {host} without {API_KEY_ENV}" in refused.json()["reason"]
+    monkeypatch.setenv(API_KEY_ENV, "s3cret")
+    assert client.post(f"http://{host}/rerank", content=b"{}", headers={"X-API-Key": "s3cret"}).status_code == 200

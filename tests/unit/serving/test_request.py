@@ -33,6 +33,9 @@ def test_explicit_history_is_cut_to_the_most_recent_items() -> None:
         ([1, 2], 422, "body", "must be a JSON object"),
         ({"user_id": "u1"}, 422, "candidates", "is required"),
         ({"user_id": "u1", "candidates": CANDIDATES, "colour": 1}, 422, "colour", "is not a request field"),
+        # A blank key is named by its JSON spelling, so the client sees which key it sent.
+        ({"user_id": "u1", "candidates": CANDIDATES, "": 1}, 422, "\"\"", "is not a request field"),
+        ({"user_id": "u1", "candidates": CANDIDATES, " ": 1}, 422, "\" \"", "is not a request field"),
         ({"user_id": "u1", "candidates": "p1"}, 422, "candidates", "must be a list"),
         ({"user_id": "u1", "candidates": CANDIDATES[:9]}, 422, "candidates", "must hold 10 item ids"),
         ({"user_id": "u1", "candidates": [*CANDIDATES[:9], "p0"]}, 422, "candidates", "must be distinct"),
@@ -71,3 +74,9 @@ def test_malformed_json_is_a_400(body: bytes, reason: str) -> None:
     with pytest.raises(RequestError) as caught:
         parse_json(body)
     assert (caught.value.status, caught.value.field) == (400, "body") and reason in caught.value.reason
+
+
+def test_a_made_up_key_is_one_metrics_label() -> None:
+    from components.serving.request import metric_field
+
+    assert [metric_field(f) for f in ("candidates", "queue", "colour", '""')] == ["candidates", "queue", "unknown", "unknown"]

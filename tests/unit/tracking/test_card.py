@@ -33,6 +33,20 @@ def test_the_champions_card_holds_its_lineage_gates_test_rows_history_and_limits
     assert ": promote by " in card and "## Intended use and known limits" in card
     # A version the summary does not hold gets no test rows.
     assert "## On the test users" not in model_card(cfg, f"{NAME}@2", _summary(version.tags["model_uri"]))
+    assert "## Shadow traffic" not in card
+
+
+def test_a_challengers_card_shows_its_shadow_traffic_evidence(two_champions) -> None:  # noqa: F811
+    import json
+
+    cfg = two_champions
+    evidence = {"decoded": 40, "dropped": 2, "error": 0, "top1_agreement": 0.85, "valid_rate": 0.975, "mean_rank_correlation": 0.912,
+                "mean_decode_ms": 180.0}
+    client(cfg).set_model_version_tag(NAME, "2", "shadow_evidence", json.dumps(evidence))
+    card = model_card(cfg, f"{NAME}@2")
+    assert "## Shadow traffic (live requests, decoded beside the champion)" in card
+    assert "40 requests decoded (2 dropped to keep live latency, 0 errors); top-1 agreement with the champion 85.00%" in card
+    assert "mean rank correlation 0.912, valid 97.50%, 180 ms per decode." in card
 
 
 def test_the_card_is_logged_to_the_versions_run_as_markdown_and_html(two_champions) -> None:  # noqa: F811

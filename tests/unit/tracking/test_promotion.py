@@ -212,6 +212,16 @@ def test_warm_start_finds_the_champion_and_its_teacher_even_when_the_artifact_ro
     )
 
 
+def test_only_a_quality_metric_that_fell_past_the_threshold_is_flagged() -> None:
+    from flows.retrain import dropped_metrics
+
+    drift = {"recall_at_1": -0.05, "ndcg_at_3": -0.01, "valid_rate": 0.02, "decode_tokens_per_s": -500.0}
+    # Throughput depends on the machine, so a slower host never flags; a rise never flags.
+    assert dropped_metrics(drift, 0.02) == {"recall_at_1": -0.05}
+    assert dropped_metrics(drift, 0.0) == {"recall_at_1": -0.05, "ndcg_at_3": -0.01}
+    assert dropped_metrics(drift, 0.05) == {}
+
+
 def test_the_promotion_artifact_shows_the_verdict_and_every_check() -> None:
     from components.reporting import promotion_markdown
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from components.config import TrainingConfig
+from components.modeling.factory import CheckpointError
 from components.training import batch_indices, latest_checkpoint, load_checkpoint, lr_multiplier, train
 from tests.unit.training.toy import NUM_EXAMPLES, make_batches, make_model, mse_loss, weighted_mse_loss
 
@@ -170,6 +171,16 @@ def test_failed_checkpoint_write_leaves_no_partial_checkpoint(tmp_path: Path, mo
     # The step-2 checkpoint survives intact and nothing of the step-4 write is visible.
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000002"]
     assert load_checkpoint(latest_checkpoint(tmp_path))["train_state"].step == 2
+
+
+def test_a_truncated_training_state_is_named(tmp_path: Path) -> None:
+    cfg = _config(max_steps=2, checkpoint_every=2)
+    train(make_model(), make_batches(cfg), mse_loss, cfg, tmp_path)
+    state = latest_checkpoint(tmp_path) / "state.pt"
+    with open(state, "r+b") as handle:
+        handle.truncate(state.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match=f"{state} is unreadable"):
+        train(make_model(), make_batches(_config(max_steps=4, checkpoint_every=2)), mse_loss, _config(max_steps=4, checkpoint_every=2), tmp_path)
 
 
 def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
