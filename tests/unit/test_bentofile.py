@@ -11,7 +11,7 @@ import re
 import yaml
 from packaging.requirements import Requirement
 
-from tests.unit.test_architecture import ROOT, _imports
+from tests.import_graph import ROOT, imports
 
 BENTOFILE = ROOT / "deploy" / "bentofile.yaml"
 # Imported by Feast, not by the project, when the store is Redis (online) or Postgres (registry).
@@ -23,7 +23,7 @@ def _name(requirement: str) -> str:
 
 
 def _service_modules() -> set[str]:
-    graph, seen, stack = _imports(), set(), ["deploy.service"]
+    graph, seen, stack = imports(), set(), ["deploy.service"]
     while stack:
         module = stack.pop()
         if module not in seen:
