@@ -474,8 +474,17 @@ class MonitoringConfig(_Section):
     # (absolute) since the promotion that made it champion.
     max_metric_drop: float = Field(0.02, ge=0.0, le=1.0)
     # The running service (e.g. http://127.0.0.1:3000): evaluate-champion reads its shadow-traffic
-    # counters from /metrics into its report and onto the challenger's version. Empty: not read.
+    # counters from /metrics into its report and onto the challenger's version, and check-drift
+    # reads its recent requests from /traffic. Empty: not read.
     service_url: str = ""
+    # Drift of what the service sees against the data version (components/evaluation/drift.py):
+    # the service keeps its last traffic_window requests; check-drift gives no verdict on fewer
+    # than drift_min_requests; at or above a drift_share of drifted columns it triggers
+    # retrain_deployment (a Prefect "flow/deployment" name; empty: report only).
+    traffic_window: int = Field(5000, ge=1)
+    drift_min_requests: int = Field(100, ge=1)
+    drift_share: float = Field(0.5, gt=0.0, le=1.0)
+    retrain_deployment: str = "retrain/retrain"
 
 
 class Config(_Section):

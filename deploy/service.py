@@ -26,7 +26,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -36,12 +36,14 @@ from starlette.responses import JSONResponse
 from components.serving import shadow
 from components.serving.batching import MicroBatcher, Overloaded
 from components.serving.bundle import bundle_to_serve, load_reranker
-from components.serving.engine import Prepared
+from components.serving.engine import Prepared, UnknownItems
 from components.serving.request import RequestError, metric_field, parse_json, parse_request
+from components.serving.traffic import TrafficLog
 
 BUNDLE_TAG = bundle_to_serve(__file__)
 API_KEY_ENV = "DGR2_API_KEY"
 RERANK_PATH = "/rerank"
+TRAFFIC_PATH = "/traffic"
 logger = logging.getLogger("dgr2.service")
 
 RESPONSES = bentoml.metrics.Counter(
@@ -111,9 +113,11 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 
 @dataclass
 class GuardSettings:
-    """Limits the transport guard enforces; the service sets them from its config when it loads."""
+    """Limits the transport guard enforces, and the traffic log it answers ``GET /traffic`` from;
+    the service sets both from its config when it loads."""
 
     max_body_bytes: int = 65536
+    traffic: TrafficLog = field(default_factory=lambda: TrafficLog(window=1))
 
 
 GUARD = GuardSettings()
@@ -128,6 +132,7 @@ class RequestGuard:
     """ASGI middleware for ``/rerank``: API key (401), body size (413) and JSON syntax (400).
 
     These are checked before BentoML parses the body, whose own errors would not name the field.
+    It also answers ``GET /traffic`` (the recent requests, for the drift check) behind the same key.
     """
 
     def __init__(self, app: Any, settings: GuardSettings) -> None:
@@ -135,7 +140,15 @@ class RequestGuard:
         self.settings = settings
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") != RERANK_PATH or scope["method"] != "POST":
+        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
+        if (path, scope.get("method")) == (TRAFFIC_PATH, "GET"):
+            # What users asked for is theirs: the same key guards it as /rerank.
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+            error = self._check_key(headers, scope.get("server"))
+            response = _reject(error) if error is not None else JSONResponse(self.settings.traffic.snapshot())
+            await response(scope, receive, send)
+            return
+        if path != RERANK_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
@@ -224,6 +237,7 @@ class ReRanker:
         self.reranker = load_reranker(self.bundle.path)
         cfg = self.reranker.cfg
         GUARD.max_body_bytes = cfg.serving.max_body_bytes
+        self.traffic = GUARD.traffic = TrafficLog(cfg.monitoring.traffic_window)
         self.batcher: MicroBatcher[Prepared, dict[str, Any]] = MicroBatcher(
             self._decode_batch, cfg.serving.max_batch_size, cfg.serving.max_batch_wait_ms / 1000, cfg.serving.max_pending
         )
@@ -332,6 +346,9 @@ class ReRanker:
             # Feature-store reads block; keep them off the event loop that accepts requests.
             prepared = replace(await anyio.to_thread.run_sync(self.reranker.prepare, request), request_id=request_id)
             response = await self.batcher.submit(self.reranker.batch_key(prepared), prepared, self.deadline_s)
+        except UnknownItems as error:
+            self.traffic.record(error.history, request.candidates, None)
+            return _reject(error)
         except RequestError as error:
             return _reject(error)
         except Overloaded as error:
@@ -339,6 +356,7 @@ class ReRanker:
         except TimeoutError:
             response = self.reranker.fallback_answer(prepared, "deadline")
         self._count(request.decoder, response)
+        self.traffic.record(prepared.history, request.candidates, response["fallback"])
         self._start_shadow(prepared, response)
         return response | {"request_id": request_id}
 

@@ -107,10 +107,20 @@ class Prepared:
     """A request whose ids all resolved, with its rendered prompt."""
 
     request: RerankRequest
+    history: list[str]  # the request's, or the user's from the feature store
     prompt: str
     candidate_sids: list[str]
     catalog: ItemCatalog
     request_id: str = ""  # the service's, for its logs
+
+
+class UnknownItems(RequestError):
+    """422: item ids the feature store does not know (all of them listed). ``history`` is the
+    history the request resolved to, which the traffic log records."""
+
+    def __init__(self, field: str, unknown_items: list[str], history: list[str]) -> None:
+        super().__init__(422, field, "unknown item ids (not in the feature store)", unknown_items=unknown_items)
+        self.history = history
 
 
 class Reranker:
@@ -160,10 +170,10 @@ class Reranker:
         found = self.features.items(wanted)
         unknown_candidates = [i for i in request.candidates if i not in found]
         if unknown_candidates:
-            raise RequestError(422, "candidates", "unknown item ids (not in the feature store)", unknown_items=unknown_candidates)
+            raise UnknownItems("candidates", unknown_candidates, history)
         unknown_history = [i for i in history if i not in found]
         if unknown_history:
-            raise RequestError(422, "history", "unknown item ids (not in the feature store)", unknown_items=unknown_history)
+            raise UnknownItems("history", unknown_history, history)
         catalog = ItemCatalog(found[i] for i in wanted)
         served = self._answering(request.decoder)
         co_purchases = None
@@ -172,7 +182,7 @@ class Reranker:
             co_purchases = candidate_co_purchases(history, request.candidates, self.features.co_purchases(request.candidates))
         messages = render_messages(history, request.candidates, catalog, self.cfg.prompts, co_purchases)
         prompt = served.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return Prepared(request, prompt, catalog.sids(request.candidates), catalog)
+        return Prepared(request, history, prompt, catalog.sids(request.candidates), catalog)
 
     def batch_key(self, prepared: Prepared) -> tuple[Decoder, float | None]:
         """Requests decode together only with the same decoder and threshold."""

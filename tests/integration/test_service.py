@@ -13,7 +13,6 @@ import concurrent.futures
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from components.tracking.registry import register
 from components.tracking.runs import RecipeRuns, client
 from components.training.diffusion import DIFFUSION_RL_STAGE
 from components.training.teacher import RL_STAGE
+from tests.bento_server import served_bento
 from tests.conftest import REPO_ROOT
 from tests.unit.serving.tiny_service import HISTORIES, ITEM_IDS, build_store
 from tests.unit.tiny_lm import publish_checkpoint
@@ -41,13 +41,6 @@ RERANK_PATH = "/rerank"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CANDIDATES = ITEM_IDS[4:14]
-READY_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _register_models(overrides: list[str], root: Path) -> None:
@@ -119,34 +112,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
 
 @pytest.fixture(scope="module")
 def server(packaged: Packaged) -> Iterator[str]:
-    root, env, tags = packaged.root, packaged.env, packaged.tags
-    port = _free_port()
-    log = open(root / "serve.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", tags["bento_tag"], "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**env, "DGR2_API_KEY": API_KEY}, cwd=root, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert process.poll() is None, (root / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT_S} s: " + (root / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+    with served_bento(packaged.tags["bento_tag"], {**packaged.env, "DGR2_API_KEY": API_KEY}, packaged.root) as url:
         yield url
-    finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
 
 
 def _rerank(url: str, payload: object, headers: dict[str, str] = AUTH) -> httpx.Response:
@@ -241,6 +208,20 @@ def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None
     assert "dgr2_rerank_forward_passes_bucket" in metrics and "dgr2_rerank_batch_size_bucket" in metrics
     assert 'dgr2_rerank_rejected_total{field="candidates",status="422"}' in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_traffic_records_each_request_and_how_it_ended_behind_the_key(server: str) -> None:
+    assert httpx.get(f"{server}/traffic").status_code == 401
+    before = httpx.get(f"{server}/traffic", headers=AUTH).json()["recorded"]
+    history = HISTORIES["u1"]
+    assert _rerank(server, {"history": history, "candidates": CANDIDATES}).status_code == 200
+    assert _rerank(server, {"history": [*history, "p99"], "candidates": CANDIDATES}).status_code == 422
+    page = httpx.get(f"{server}/traffic", headers=AUTH).json()
+    assert page["recorded"] == before + 2
+    answered, refused = page["requests"][-2:]
+    # The untrained model's answer is the pre-rank order; the refused request got no answer.
+    assert (answered["history"], answered["candidates"], answered["fallback"]) == (history, CANDIDATES, True)
+    assert (refused["history"], refused["fallback"]) == ([*history, "p99"], None)
 
 
 def test_the_challenger_shadows_champion_requests_off_the_response_path(server: str) -> None:

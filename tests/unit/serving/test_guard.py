@@ -62,3 +62,21 @@ def test_without_a_key_the_service_answers_only_on_loopback(client: TestClient, 
     assert f"listens on {host} without {API_KEY_ENV}" in refused.json()["reason"]
     monkeypatch.setenv(API_KEY_ENV, "s3cret")
     assert client.post(f"http://{host}/rerank", content=b"{}", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_traffic_is_answered_by_the_guard_behind_the_same_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.serving.traffic import TrafficLog
+
+    traffic = TrafficLog(window=2)
+    app = Starlette(routes=[Route("/rerank", _echo, methods=["POST"])])
+    client = TestClient(RequestGuard(app, GuardSettings(traffic=traffic)), base_url="http://127.0.0.1")
+    for k in range(3):
+        traffic.record([f"h{k}"], ["c1", "c2"], fallback=k == 1)
+    monkeypatch.setenv(API_KEY_ENV, "s3cret")
+    assert client.get("/traffic").status_code == 401
+    page = client.get("/traffic", headers={"X-API-Key": "s3cret"}).json()
+    # The window keeps the newest requests; the count covers every one.
+    assert page["window"] == 2 and page["recorded"] == 3
+    assert [(r["history"], r["fallback"]) for r in page["requests"]] == [(["h1"], True), (["h2"], False)]
+    monkeypatch.delenv(API_KEY_ENV)
+    assert client.get("http://10.0.0.5/traffic").status_code == 503  # no key: loopback only

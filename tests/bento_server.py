@@ -1,0 +1,55 @@
+"""``bentoml serve`` of a built Bento on 127.0.0.1 for a test: started, waited for until ready, and
+stopped with its whole process group (BentoML forks workers)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """The service's base URL while the block runs; its output goes to ``workdir/serve.log``."""
+    log_path = workdir / "serve.log"
+    port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT_S} s: " + log_path.read_text()[-3000:]
+                time.sleep(1)
+            yield url
+        finally:
+            os.killpg(process.pid, 15)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
