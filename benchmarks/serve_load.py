@@ -10,7 +10,10 @@ decoder (diffusion, ar, speculative) and concurrency (1, 8, 32) it sends ``--req
 ``--max-seconds``, and reports p50/p95/p99 latency, requests/s and errors. The mixed stream sends
 ``--mixed`` requests of which every fifth is bad (an unknown item, a duplicate candidate, a short
 list, a threshold out of range, malformed JSON, in turn): the error rate must be exactly those
-20%, all 4xx. Only a loopback URL is accepted: this is a load generator.
+20%, all 4xx. The overload phase sends ``--overload-requests`` diffusion requests from
+``--overload`` clients at once, far above what the service decodes: it must shed the excess with
+429 and ``Retry-After`` (``serving.max_pending``), answer no 5xx, and keep the answered requests'
+p99 bounded. Only a loopback URL is accepted: this is a load generator.
 Writes benchmarks/results/serve_load.md with the command, machine and date.
 """
 
@@ -37,18 +40,61 @@ CONCURRENCY = (1, 8, 32)
 DECODERS = ("diffusion", "ar", "speculative")
 
 
-def _post(url: str, body: bytes, timeout: float = 300.0) -> tuple[int, float]:
-    """(HTTP status, seconds) of one POST /rerank."""
+def _exchange(url: str, body: bytes, timeout: float = 300.0) -> tuple[int, float, dict, str | None]:
+    """(HTTP status, seconds, JSON body, Retry-After) of one POST /rerank."""
     request = urllib.request.Request(f"{url}/rerank", data=body, method="POST", headers={"Content-Type": "application/json"})
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            status = response.status
+            payload, status, headers = response.read(), response.status, response.headers
     except urllib.error.HTTPError as error:
-        error.read()
-        status = error.code
-    return status, time.perf_counter() - started
+        payload, status, headers = error.read(), error.code, error.headers
+    seconds = time.perf_counter() - started
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = {}
+    return status, seconds, parsed if isinstance(parsed, dict) else {}, headers.get("Retry-After")
+
+
+def _post(url: str, body: bytes) -> tuple[int, float]:
+    """(HTTP status, seconds) of one POST /rerank."""
+    status, seconds, _, _ = _exchange(url, body)
+    return status, seconds
+
+
+def _quantile(values: list[float], q: int) -> float:
+    """The q-th percentile (nan for none)."""
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else values[0]
+
+
+def _overload(url: str, bodies: list[bytes], clients: int) -> dict:
+    """Every body at once from ``clients`` threads: what was answered, shed and how fast."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda body: _exchange(url, body), bodies))
+    wall = time.perf_counter() - started
+    answered = sorted(seconds for status, seconds, _, _ in results if status == 200)
+    shed = [(payload, retry) for status, _, payload, retry in results if status == 429]
+    reasons: dict[str, int] = {}
+    for status, _, payload, _ in results:
+        if status == 200 and payload.get("fallback"):
+            reasons[payload["fallback_reason"]] = reasons.get(payload["fallback_reason"], 0) + 1
+    return {
+        "requests": len(results),
+        "answered": len(answered),
+        "shed": len(shed),
+        "shed_with_retry_after": sum(retry is not None and payload.get("field") == "queue" for payload, retry in shed),
+        "server_errors": sum(status >= 500 for status, _, _, _ in results),
+        "other": sum(status not in (200, 429) and status < 500 for status, _, _, _ in results),
+        "fallbacks": reasons,
+        "p50": _quantile(answered, 50),
+        "p99": _quantile(answered, 99),
+        "max": answered[-1] if answered else float("nan"),
+        "answered_per_s": len(answered) / wall if wall else 0.0,
+    }
 
 
 def _requests(examples: pd.DataFrame, decoder: str) -> list[bytes]:
@@ -84,13 +130,12 @@ def _cell(url: str, bodies: list[bytes], concurrency: int, max_seconds: float) -
         results = [r for r in pool.map(send, bodies) if r is not None]
     wall = time.perf_counter() - started
     latencies = sorted(seconds for status, seconds in results if status == 200)
-    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else latencies * 99
     return {
         "requests": len(results),
         "errors": sum(status != 200 for status, _ in results),
-        "p50": quantiles[49] if quantiles else float("nan"),
-        "p95": quantiles[94] if quantiles else float("nan"),
-        "p99": quantiles[98] if quantiles else float("nan"),
+        "p50": _quantile(latencies, 50),
+        "p95": _quantile(latencies, 95),
+        "p99": _quantile(latencies, 99),
         "rps": len(results) / wall if wall else 0.0,
     }
 
@@ -102,6 +147,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="requests per decoder and concurrency")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="time limit per decoder and concurrency")
     parser.add_argument("--mixed", type=int, default=100, help="requests in the mixed stream (every fifth bad)")
+    parser.add_argument("--overload", type=int, default=128, help="clients at once in the overload phase")
+    parser.add_argument("--overload-requests", type=int, default=512, help="requests in the overload phase")
     args = parser.parse_args()
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"--url must be a loopback address, got {args.url}")
@@ -109,7 +156,8 @@ def main() -> None:
     if path is None or not path.is_file():
         sys.exit("no examples parquet: run `make run` (or pass --examples)")
     examples = pd.read_parquet(path)
-    examples = examples[examples["split"] == "test"].sample(n=max(args.requests, args.mixed), random_state=0)
+    examples = examples[examples["split"] == "test"]
+    examples = examples.sample(n=min(len(examples), max(args.requests, args.mixed, args.overload_requests)), random_state=0)
 
     rows = []
     for decoder in DECODERS:
@@ -126,11 +174,14 @@ def main() -> None:
         statuses = [status for status, _ in pool.map(lambda body: _post(args.url, body), mixed)]
     bad_expected = sum(i % 5 == 4 for i in range(len(mixed)))
     errors = [s for s in statuses if s != 200]
+    overload = _overload(args.url, _requests(examples.head(args.overload_requests), "diffusion"), args.overload)
+    print(overload, file=sys.stderr)
 
     lines = [
         "# Re-ranking service under load",
         "",
-        f"- command: `python benchmarks/serve_load.py --url {args.url} --requests {args.requests} --max-seconds {args.max_seconds:g} --mixed {args.mixed}`",
+        f"- command: `python benchmarks/serve_load.py --url {args.url} --requests {args.requests} --max-seconds {args.max_seconds:g} "
+        f"--mixed {args.mixed} --overload {args.overload} --overload-requests {args.overload_requests}`",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d}; machine: {platform.machine()}, {platform.processor() or 'cpu'}; examples: `{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`",
         "",
         "| decoder | concurrency | requests | errors | p50 s | p95 s | p99 s | requests/s |",
@@ -142,6 +193,12 @@ def main() -> None:
         "",
         f"Mixed stream: {len(mixed)} requests, {bad_expected} bad; {len(errors)} answered with an error"
         f" ({len(errors) / len(mixed):.0%}), {sum(400 <= s < 500 for s in errors)} of them 4xx.",
+        "",
+        f"Overload: {overload['requests']} diffusion requests from {args.overload} clients at once. "
+        f"{overload['answered']} answered ({overload['answered_per_s']:.2f}/s; fallbacks by reason: {overload['fallbacks'] or 'none'}), "
+        f"{overload['shed']} shed with 429 ({overload['shed_with_retry_after']} of them naming the queue with Retry-After), "
+        f"{overload['server_errors']} 5xx, {overload['other']} other. Answered latency: p50 {overload['p50']:.3f} s, "
+        f"p99 {overload['p99']:.3f} s, max {overload['max']:.3f} s.",
     ]
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -44,6 +44,9 @@ BUNDLE_TAG = bundle_to_serve(__file__)
 API_KEY_ENV = "DGR2_API_KEY"
 RERANK_PATH = "/rerank"
 TRAFFIC_PATH = "/traffic"
+# BentoML answers a bare 429 (no field, no Retry-After) past this many requests in flight, so the
+# service's own queue bound (serving.max_pending, at most 63) sits below it and answers first.
+MAX_IN_FLIGHT = 64
 logger = logging.getLogger("dgr2.service")
 
 RESPONSES = bentoml.metrics.Counter(
@@ -228,7 +231,7 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
-@bentoml.service(name="dgr2-reranker", workers=1, traffic={"timeout": 120, "max_concurrency": 64})
+@bentoml.service(name="dgr2-reranker", workers=1, traffic={"timeout": 120, "max_concurrency": MAX_IN_FLIGHT})
 class ReRanker:
     bundle = bentoml.models.BentoModel(BUNDLE_TAG)
 

@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,9 +25,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class BentoServer:
+    url: str
+    process: subprocess.Popen
+
+    def signal(self, number: int) -> None:
+        """Send ``number`` to the server and every worker it forked (gone already: nothing)."""
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:
+            pass
+
+
 @contextmanager
-def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator[str]:
-    """The service's base URL while the block runs; its output goes to ``workdir/serve.log``."""
+def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator[BentoServer]:
+    """The running server while the block runs; its output goes to ``workdir/serve.log``."""
     log_path = workdir / "serve.log"
     port = free_port()
     with open(log_path, "w") as log:
@@ -34,6 +49,7 @@ def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
+        server = BentoServer(url, process)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
@@ -45,11 +61,11 @@ def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator
                     pass
                 assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT_S} s: " + log_path.read_text()[-3000:]
                 time.sleep(1)
-            yield url
+            yield server
         finally:
-            os.killpg(process.pid, 15)
+            server.signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
+                server.signal(signal.SIGKILL)
                 process.wait()

@@ -138,10 +138,10 @@ def test_served_deployments_train_evaluate_and_retrain_through_the_gates(beauty_
             bento_tag = json.loads(packaged.stdout.strip().splitlines()[-1])["bento_tag"]
             worse = [*parameters, "cft.learning_rate=0.5", "promotion.min_valid_rate=0.95"]
             (tmp_path / "bento").mkdir()
-            with served_bento(bento_tag, bentoml_env, tmp_path / "bento") as url:
-                _send_drifted_traffic(url, beauty_slice)
+            with served_bento(bento_tag, bentoml_env, tmp_path / "bento") as served_champion:
+                _send_drifted_traffic(served_champion.url, beauty_slice)
                 drift_run = run_deployment(
-                    "check-drift/check-drift", parameters={"overrides": [*worse, f"monitoring.service_url={url}"]}, timeout=600
+                    "check-drift/check-drift", parameters={"overrides": [*worse, f"monitoring.service_url={served_champion.url}"]}, timeout=600
                 )
             assert drift_run.state.is_completed(), log()
             check = json.loads(mlflow.get_model_version("diffusion-gr2", "1").tags["last_drift_check"])

@@ -112,8 +112,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
 
 @pytest.fixture(scope="module")
 def server(packaged: Packaged) -> Iterator[str]:
-    with served_bento(packaged.tags["bento_tag"], {**packaged.env, "DGR2_API_KEY": API_KEY}, packaged.root) as url:
-        yield url
+    with served_bento(packaged.tags["bento_tag"], {**packaged.env, "DGR2_API_KEY": API_KEY}, packaged.root) as served:
+        yield served.url
 
 
 def _rerank(url: str, payload: object, headers: dict[str, str] = AUTH) -> httpx.Response:
@@ -199,6 +199,7 @@ def test_api_key(server: str) -> None:
 
 
 def test_the_worker_survives_bad_input_and_metrics_count_it(server: str) -> None:
+    assert _rerank(server, {"user_id": "u2", "candidates": ["p99", *CANDIDATES[1:]]}).status_code == 422
     assert _rerank(server, {"user_id": "u2", "candidates": CANDIDATES}, headers={"X-API-Key": API_KEY}).status_code == 200
     metrics = httpx.get(f"{server}/metrics").text
     # The gauge carries a pid label too (BentoML's multiprocess metrics).
@@ -280,3 +281,40 @@ def test_packaging_a_student_whose_teacher_is_not_registered_fails_loudly(packag
     with pytest.raises(PackagingError, match="names gr2-ar/99, which the registry cannot return"):
         package_service(load_config(None, packaged.overrides), version=version, build=False)
 
+
+
+def _outcome(url: str) -> tuple[str, object]:
+    """One request's end: its status and whole JSON body, or the transport error that cut it."""
+    try:
+        response = httpx.post(f"{url}/rerank", json={"user_id": "u1", "candidates": CANDIDATES}, headers=AUTH, timeout=60)
+    except httpx.TransportError as error:
+        return "transport", type(error).__name__
+    return str(response.status_code), response.json()  # raises on a cut body
+
+
+def test_a_service_killed_under_load_answers_every_request_after_a_restart(packaged: Packaged, tmp_path: Path) -> None:
+    """SIGKILL to the whole service while 32 clients send requests: each request that got a response
+    got a whole one (an answer or a refusal that names its field, never a 5xx); the rest lost their
+    connection. Restarted, the same Bento answers every request."""
+    import signal
+
+    env = {**packaged.env, "DGR2_API_KEY": API_KEY}
+    with served_bento(packaged.tags["bento_tag"], env, tmp_path) as served:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            pending = [pool.submit(_outcome, served.url) for _ in range(400)]
+            while sum(future.done() for future in pending) < 20:
+                time.sleep(0.05)
+            served.signal(signal.SIGKILL)
+            outcomes = [future.result() for future in pending]
+    statuses = {status for status, _ in outcomes}
+    assert "200" in statuses and "transport" in statuses, statuses
+    for status, body in outcomes:
+        assert status == "transport" or int(status) < 500, (status, body)
+        if status == "200":
+            assert set(CANDIDATES) == set(body["ranking"]) and body["fallback_reason"] is not None
+        elif status != "transport":
+            assert body["field"] and body["reason"], (status, body)
+    with served_bento(packaged.tags["bento_tag"], env, tmp_path) as served:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            after = list(pool.map(lambda _: _outcome(served.url), range(16)))
+    assert [status for status, _ in after] == ["200"] * 16

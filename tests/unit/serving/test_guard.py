@@ -80,3 +80,14 @@ def test_traffic_is_answered_by_the_guard_behind_the_same_key(monkeypatch: pytes
     assert [(r["history"], r["fallback"]) for r in page["requests"]] == [(["h1"], True), (["h2"], False)]
     monkeypatch.delenv(API_KEY_ENV)
     assert client.get("http://10.0.0.5/traffic").status_code == 503  # no key: loopback only
+
+
+def test_the_services_queue_bound_answers_before_bentomls() -> None:
+    from pydantic import ValidationError
+
+    from components.config import ServingConfig
+    from deploy.service import MAX_IN_FLIGHT
+
+    assert ServingConfig().max_pending < MAX_IN_FLIGHT
+    with pytest.raises(ValidationError, match="max_pending"):
+        ServingConfig(max_pending=MAX_IN_FLIGHT)
