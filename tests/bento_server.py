@@ -3,7 +3,6 @@ stopped with its whole process group (BentoML forks workers)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -30,12 +29,21 @@ class BentoServer:
     url: str
     process: subprocess.Popen
 
-    def signal(self, number: int) -> None:
-        """Send ``number`` to the server and every worker it forked (gone already: nothing)."""
+    def kill(self) -> None:
+        """SIGKILL to the server and every worker it started: BentoML's workers run in their own
+        sessions, so the server's process group alone would leave them serving."""
+        import psutil
+
         try:
-            os.killpg(self.process.pid, number)
-        except ProcessLookupError:
-            pass
+            family = [*psutil.Process(self.process.pid).children(recursive=True), psutil.Process(self.process.pid)]
+        except psutil.NoSuchProcess:
+            return
+        for process in family:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait()
 
 
 @contextmanager
@@ -63,9 +71,9 @@ def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator
                 time.sleep(1)
             yield server
         finally:
-            server.signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # BentoML stops its workers, then itself
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                server.signal(signal.SIGKILL)
-                process.wait()
+                server.kill()
