@@ -26,8 +26,12 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
 
+from components.candidates.examples import read_examples, split_examples
 from components.config import Config
+from components.data.ingest import load_dataset
+from components.evaluation.drift import ItemStats, compare, reference_frame, traffic_frame
 from components.tracking.card import shadow_sentence
 from components.tracking.promotion import CHAMPION, GateMetrics
 from components.tracking.registry import version_by_alias, version_checkpoint
@@ -170,12 +174,6 @@ def read_traffic(cfg: Config) -> list[dict[str, Any]]:
 def check_drift_flow(config: str = "configs/tiny.yaml", overrides: list[str] | None = None, source_uri: str = "") -> dict[str, Any]:
     """The service's recent requests against the data version; drift past the threshold triggers
     ``monitoring.retrain_deployment`` with this flow's parameters."""
-    from prefect.deployments import run_deployment
-
-    from components.candidates.examples import read_examples, split_examples
-    from components.data.ingest import load_dataset
-    from components.evaluation.drift import ItemStats, compare, reference_frame, traffic_frame
-
     cfg = _with_source(resolve_config(None, config, overrides), source_uri)
     settings = Config.model_validate(cfg)
     monitoring = settings.monitoring
