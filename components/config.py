@@ -423,9 +423,9 @@ class ServingConfig(_Section):
     deadline_ms: float = Field(30000.0, gt=0.0)
     # Requests queued or decoding at once in a worker; beyond it the service answers 429 with
     # Retry-After, so latency stays bounded under overload instead of growing with the queue
-    # (about max_pending / throughput). Below the service's 64 requests in flight, past which
+    # (about max_pending / throughput). Below the service's 512 requests in flight, past which
     # BentoML itself refuses without naming why (deploy/service.py, MAX_IN_FLIGHT).
-    max_pending: int = Field(48, ge=1, le=63)
+    max_pending: int = Field(48, ge=1, le=511)
     # Shadow traffic: this share of the champion's (decoder "diffusion") requests is decoded again
     # by the challenger after the answer is sent, and the two rankings compared (Prometheus
     # dgr2_shadow_*). Packaging includes the challenger when this is above 0 and the registry has

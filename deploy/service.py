@@ -45,8 +45,9 @@ API_KEY_ENV = "DGR2_API_KEY"
 RERANK_PATH = "/rerank"
 TRAFFIC_PATH = "/traffic"
 # BentoML answers a bare 429 (no field, no Retry-After) past this many requests in flight, so the
-# service's own queue bound (serving.max_pending, at most 63) sits below it and answers first.
-MAX_IN_FLIGHT = 64
+# service's own queue bound (serving.max_pending, at most 511) sits far below it and answers
+# first; a request beyond the queue bound is refused before any work, so in-flight ones are cheap.
+MAX_IN_FLIGHT = 512
 logger = logging.getLogger("dgr2.service")
 
 RESPONSES = bentoml.metrics.Counter(

@@ -47,13 +47,14 @@ class BentoServer:
 
 
 @contextmanager
-def served_bento(bento_tag: str, env: dict[str, str], workdir: Path) -> Iterator[BentoServer]:
-    """The running server while the block runs; its output goes to ``workdir/serve.log``."""
+def served_bento(bento_tag: str, env: dict[str, str], workdir: Path, python: str = sys.executable) -> Iterator[BentoServer]:
+    """The running server while the block runs; its output goes to ``workdir/serve.log``.
+    ``python``: the interpreter (and so the environment) that serves it."""
     log_path = workdir / "serve.log"
     port = free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+            [python, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"

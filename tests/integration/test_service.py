@@ -316,3 +316,28 @@ def test_a_service_killed_under_load_answers_every_request_after_a_restart(packa
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             after = list(pool.map(lambda _: _outcome(served.url), range(16)))
     assert [status for status, _ in after] == ["200"] * 16
+
+
+def test_the_bento_serves_from_a_fresh_venv_of_its_own_requirements(packaged: Packaged, tmp_path: Path) -> None:
+    """What the Bento lists is all the service needs: a venv made from nothing but the Bento's
+    requirements.txt (no project install, no test dependencies) starts the service from the Bento's
+    own source and answers through the local feature store."""
+    import shutil
+
+    name, version = packaged.tags["bento_tag"].split(":")
+    requirements = Path(packaged.env["BENTOML_HOME"]) / "bentos" / name / version / "env" / "python" / "requirements.txt"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-compile", "-r", str(requirements)], capture_output=True, text=True, timeout=900
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    # Nothing of this checkout on the path: the service must come from the Bento.
+    env = {key: value for key, value in packaged.env.items() if key != "PYTHONPATH"} | {"DGR2_API_KEY": API_KEY}
+    try:
+        with served_bento(packaged.tags["bento_tag"], env, tmp_path, python=str(venv / "bin" / "python")) as served:
+            answer = httpx.post(f"{served.url}/rerank", json={"user_id": "u1", "candidates": CANDIDATES}, headers=AUTH, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert set(answer.json()["ranking"]) == set(CANDIDATES) and answer.json()["model"]["version"] == "1"
+    finally:
+        shutil.rmtree(venv)
