@@ -144,18 +144,17 @@ class RequestGuard:
         self.settings = settings
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
-        if (path, scope.get("method")) == (TRAFFIC_PATH, "GET"):
+        route = (scope["path"].rstrip("/"), scope["method"]) if scope["type"] == "http" else None
+        if route not in ((RERANK_PATH, "POST"), (TRAFFIC_PATH, "GET")):
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        if route[0] == TRAFFIC_PATH:
             # What users asked for is theirs: the same key guards it as /rerank.
-            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
             error = self._check_key(headers, scope.get("server"))
             response = _reject(error) if error is not None else JSONResponse(self.settings.traffic.snapshot())
             await response(scope, receive, send)
             return
-        if path != RERANK_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         error = self._check_key(headers, scope.get("server")) or self._check_length(headers)
         if error is None:
             body, error = await self._read_body(receive)

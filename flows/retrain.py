@@ -71,6 +71,25 @@ def metric_drift(recorded: dict[str, float], now: dict[str, float]) -> dict[str,
     return {key: now[key] - recorded[key] for key in now if key != "examples" and key in recorded}
 
 
+def _read_service(cfg: Config, path: str) -> Any:
+    """GET ``path`` from the service at ``monitoring.service_url``, with the API key from
+    ``DGR2_API_KEY`` when set (``/metrics`` ignores it, ``/traffic`` needs it).
+
+    Raises:
+        RuntimeError: the service did not answer.
+    """
+    import httpx
+
+    url = cfg.monitoring.service_url.rstrip("/")
+    key = os.environ.get("DGR2_API_KEY")
+    try:
+        page = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+        page.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"monitoring.service_url {url}: {path} did not answer ({exc})") from exc
+    return page
+
+
 def read_shadow_traffic(cfg: Config) -> dict[str, dict[str, float]]:
     """The service's shadow-traffic numbers per challenger (``monitoring.service_url``), recorded
     on each challenger's version as evidence for its promotion; empty when no URL is set.
@@ -78,20 +97,11 @@ def read_shadow_traffic(cfg: Config) -> dict[str, dict[str, float]]:
     Raises:
         RuntimeError: the service did not answer ``/metrics``.
     """
-    import httpx
-
     from components.serving.shadow import shadow_summary
-    from components.tracking.runs import client
 
-    url = cfg.monitoring.service_url.rstrip("/")
-    if not url:
+    if not cfg.monitoring.service_url:
         return {}
-    try:
-        page = httpx.get(f"{url}/metrics", timeout=30)
-        page.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"monitoring.service_url {url}: /metrics did not answer ({exc})") from exc
-    summary = shadow_summary(page.text)
+    summary = shadow_summary(_read_service(cfg, "/metrics").text)
     for challenger, numbers in summary.items():
         name, _, version = challenger.partition("/")
         client(cfg).set_model_version_tag(name, version, "shadow_evidence", json.dumps(numbers))
@@ -156,18 +166,9 @@ def read_traffic(cfg: Config) -> list[dict[str, Any]]:
         ValueError: no service URL is configured.
         RuntimeError: the service did not answer.
     """
-    import httpx
-
-    url = cfg.monitoring.service_url.rstrip("/")
-    if not url:
+    if not cfg.monitoring.service_url:
         raise ValueError("monitoring.service_url is empty: check-drift reads the service's recent requests from its /traffic")
-    key = os.environ.get("DGR2_API_KEY")
-    try:
-        page = httpx.get(f"{url}/traffic", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
-        page.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"monitoring.service_url {url}: /traffic did not answer ({exc})") from exc
-    return page.json()["requests"]
+    return _read_service(cfg, "/traffic").json()["requests"]
 
 
 @flow(name="check-drift", log_prints=True)
