@@ -47,6 +47,21 @@ _USER_ERRORS = (
 )
 
 
+def _user_error(exc: Exception, cfg: Any) -> str | None:
+    """The one-line message for an error that is not a bug; None for a bug (its traceback shows)."""
+    if type(exc).__name__ in _USER_ERRORS:
+        return str(exc)
+    from components.tracking.runs import tracking_unavailable, tracking_uri
+
+    if tracking_unavailable(exc):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (
+            f"the MLflow tracking store {tracking_uri(cfg)} did not answer: {reason}. Every stage that "
+            "finished is cached: run the same command again once it answers, and it resumes from there."
+        )
+    return None
+
+
 def _project_environment(work_dir: str) -> None:
     """Embedded defaults for the libraries, set before they are imported (they read env at import)."""
     home = Path(work_dir).resolve().parent
@@ -83,9 +98,10 @@ def _run_command(config: Path | None, overrides: list[str] | None, as_json: bool
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             result = body(cfg)
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
-        if type(exc).__name__ not in _USER_ERRORS:
+        message = _user_error(exc, cfg)
+        if message is None:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(result, default=str))

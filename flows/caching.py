@@ -17,6 +17,7 @@ from components import storage
 from components.storage import StorageError
 from components.config import Config
 from components.stage import StageSpec, code_version
+from components.tracking.runs import tracking_unavailable
 
 
 def _published(_cfg: Config, uri: str) -> bool:
@@ -57,10 +58,6 @@ def check_cache_key(sections: tuple[str, ...], code: tuple[str, ...], input_name
     return key
 
 
-# MLflow reports a request that failed after its own HTTP retries (server down, 5xx) with these codes.
-_TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
-
-
 def io_error(_task: Any, _run: Any, state: Any) -> bool:
     """A ``retry_condition_fn``: retry only storage and network failures (object store, tracking
     server); bad data, a failed gate or a bug fails at once."""
@@ -69,7 +66,7 @@ def io_error(_task: Any, _run: Any, state: Any) -> bool:
     except (StorageError, OSError):
         return True
     except Exception as exc:  # noqa: BLE001 - sorted into transient and not below
-        return type(exc).__name__ == "MlflowException" and getattr(exc, "error_code", "") in _TRANSIENT_MLFLOW_CODES
+        return tracking_unavailable(exc)
     return False
 
 

@@ -232,7 +232,7 @@ def recipe_flow(
             lineage.runs.finish("FINISHED", summary, plots)
     except BaseException:
         if lineage is not None:
-            lineage.runs.finish("FAILED")
+            lineage.runs.fail()
         raise
     create_markdown_artifact(
         markdown=recipe_summary_markdown(summary), key="recipe-summary", description="AR teacher vs block-diffusion models"

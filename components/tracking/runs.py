@@ -31,6 +31,8 @@ _METRICS_PER_BATCH = 900
 _PARAMS_PER_BATCH = 90
 _MAX_PARAM_CHARS = 6000
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# What MLflow's client reports once its own HTTP retries gave up on the server (down, or 5xx).
+_UNAVAILABLE_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -47,6 +49,11 @@ def _local_mlflow_dir(cfg: Config) -> Path:
     path = Path(cfg.storage.work_dir).resolve().parent / "mlflow"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def tracking_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLflow giving up on its tracking store: worth a retry, not a bug."""
+    return type(exc).__name__ == "MlflowException" and getattr(exc, "error_code", "") in _UNAVAILABLE_CODES
 
 
 def client(cfg: Config) -> Any:
@@ -265,3 +272,12 @@ class RecipeRuns:
         for name, path in (files or {}).items():
             mlflow_client.log_artifact(self.parent_run_id, str(path), name)
         mlflow_client.set_terminated(self.parent_run_id, status=status)
+
+    def fail(self) -> None:
+        """Mark the parent run failed, unless the tracking store is what failed: then the run stays
+        open and the caller's own error is the one to report."""
+        try:
+            self.finish("FAILED")
+        except Exception as exc:  # noqa: BLE001 - only an unavailable store is expected here
+            if not tracking_unavailable(exc):
+                raise

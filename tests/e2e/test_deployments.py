@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.bento_server import served_bento
+from tests.servers import served_bento
 from tests.conftest import REPO_ROOT
 from tests.e2e.test_recipe_command import _recipe_overrides
 

@@ -30,7 +30,7 @@ from components.tracking.registry import register
 from components.tracking.runs import RecipeRuns, client
 from components.training.diffusion import DIFFUSION_RL_STAGE
 from components.training.teacher import RL_STAGE
-from tests.bento_server import served_bento
+from tests.servers import served_bento
 from tests.conftest import REPO_ROOT
 from tests.unit.serving.tiny_service import HISTORIES, ITEM_IDS, build_store
 from tests.unit.tiny_lm import publish_checkpoint

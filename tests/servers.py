@@ -1,5 +1,5 @@
-"""``bentoml serve`` of a built Bento on 127.0.0.1 for a test: started, waited for until ready, and
-stopped with its whole process group (BentoML forks workers)."""
+"""Servers a test runs on 127.0.0.1 (``bentoml serve``, ``mlflow server``): started on a free port,
+waited for until ready, and stopped with every process they started."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +25,12 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class BentoServer:
+class Server:
     url: str
     process: subprocess.Popen
 
     def kill(self) -> None:
-        """SIGKILL to the server and every worker it started: BentoML's workers run in their own
+        """SIGKILL to the server and every process it started: BentoML's workers run in their own
         sessions, so the server's process group alone would leave them serving."""
         import psutil
 
@@ -47,24 +47,27 @@ class BentoServer:
 
 
 @contextmanager
-def served_bento(bento_tag: str, env: dict[str, str], workdir: Path, python: str = sys.executable) -> Iterator[BentoServer]:
-    """The running server while the block runs; its output goes to ``workdir/serve.log``.
-    ``python``: the interpreter (and so the environment) that serves it."""
-    log_path = workdir / "serve.log"
-    port = free_port()
+def served(
+    command: list[str], ready_path: str, env: dict[str, str], workdir: Path, port: int | None = None, log_name: str = "serve.log"
+) -> Iterator[Server]:
+    """The server ``command`` (given ``--host`` and ``--port``) running while the block runs, once
+    ``ready_path`` answers 200; its output goes to ``workdir/log_name``. Stopped with SIGTERM, and
+    killed with everything it started if that does not stop it."""
+    log_path = workdir / log_name
+    port = port or free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [python, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
-        server = BentoServer(url, process)
+        server = Server(url, process)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
@@ -73,8 +76,14 @@ def served_bento(bento_tag: str, env: dict[str, str], workdir: Path, python: str
             yield server
         finally:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # BentoML stops its workers, then itself
+                process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                server.kill()
+                pass
+            server.kill()
+
+
+def served_bento(bento_tag: str, env: dict[str, str], workdir: Path, python: str = sys.executable) -> AbstractContextManager[Server]:
+    """``bentoml serve`` of a built Bento. ``python``: the interpreter (and so the environment) that serves it."""
+    return served([python, "-m", "bentoml", "serve", bento_tag], "/readyz", env, workdir)
