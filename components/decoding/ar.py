@@ -71,6 +71,19 @@ class Generation:
         return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+G = TypeVar("G", bound=Generation)
+
+
+def concatenate(parts: list[G]) -> G:
+    """Generations of consecutive prompt lists as one: per-sequence lists joined in order, forward
+    passes and seconds summed (every field of every decoder's generation is one or the other)."""
+    values = {}
+    for field in dataclasses.fields(parts[0]):
+        items = [getattr(part, field.name) for part in parts]
+        values[field.name] = [row for item in items for row in item] if isinstance(items[0], list) else sum(items)
+    return type(parts[0])(**values)
+
+
 def default_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's eos id and ``<|im_end|>`` (which closes a chat turn) when it has one."""
     stops = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]

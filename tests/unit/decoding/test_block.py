@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.decoding.ar import concatenate
 from components.decoding.block import AUTOREGRESSIVE_STEP, generate_blocks
 from components.modeling.block_diffusion import block_diffusion_spec, training_layout
 from tests.unit.tiny_lm import chat_prompts, tiny_model, tiny_tokenizer
@@ -183,3 +184,16 @@ def test_block_size_one_and_bad_arguments_are_refused(model, tokenizer, prompts)
         generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.0)
     with pytest.raises(ValueError, match="convert"):
         generate_blocks(tiny_model(tokenizer), tokenizer, prompts, MAX_NEW)
+
+
+def test_generations_of_consecutive_prompt_lists_concatenate_into_one(model, tokenizer, prompts):
+    # The speed comparison decodes batch by batch, decoders taking turns, and reports each whole.
+    whole = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.9, stop_token_ids=[], batch_size=1)
+    parts = [generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.9, stop_token_ids=[], batch_size=1) for prompt in prompts]
+    joined = concatenate(parts)
+    assert type(joined) is type(whole)
+    for field in ("token_ids", "commit_steps", "sequence_forward_passes", "block_token_ids", "block_commit_steps"):
+        assert getattr(joined, field) == getattr(whole, field), field
+    assert joined.forward_passes == whole.forward_passes == sum(part.forward_passes for part in parts)
+    assert joined.seconds == sum(part.seconds for part in parts)
+    assert joined.tokens_per_forward == whole.tokens_per_forward
