@@ -7,9 +7,10 @@ on the re-rankers' candidate lists.
 Runs the data flow (``dgr2 data``, cached after the first run), then the SASRec stage on every
 test user (the 1,615-user test sample reported as its own slice) and writes
 benchmarks/results/sasrec.md: command, machine, date, settings, training time, and Recall@K /
-NDCG@K with 95% bootstrap CIs next to the pre-rank floor, with the paired CI of SASRec - floor. With ``--grid`` it trains one model per epochs:learning-rate
-pair instead and writes benchmarks/results/sasrec_settings.md: Recall@1 on every valid user (what
-the choice is made on) and on the test sample, with the training time of each.
+NDCG@K with 95% bootstrap CIs next to the pre-rank floor, with the paired CI of SASRec - floor.
+With ``--grid`` it trains one model per epochs:learning-rate pair instead and writes
+benchmarks/results/sasrec_settings.md: Recall@1 on every valid user (what the choice is made on)
+and on the test sample, with the training time of each.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from cli_run import run_dgr2  # noqa: E402
-from components.baselines.stage import run_sasrec, target_ranks, trained_sasrec  # noqa: E402
+from components.baselines.stage import run_sasrec, score_examples, trained_sasrec  # noqa: E402
 from components.candidates.examples import read_examples  # noqa: E402
-from components.candidates.sasrec import score_candidates  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.reporting import metrics_table  # noqa: E402
 
@@ -43,11 +43,9 @@ SCORE_ALL = ["evaluation.test_users=all", "evaluation.max_test_examples=0"]
 FULL_TRAINING = ["sasrec.epochs=12", "sasrec.learning_rate=3e-3"]
 
 
-def _recall_at_1(model, index_of: dict, examples) -> float:
-    histories = [[index_of[item] for item in history] for history in examples["history"]]
-    candidates = np.array([[index_of[item] for item in row] for row in examples["candidates"]], dtype=np.int64)
-    ranks, _ = target_ranks(score_candidates(model, histories, candidates, 1024), examples["target_pre_rank"].to_numpy())
-    return float(np.mean(np.asarray(ranks) == 1))
+def _recall_at_1(model, index_of: dict[str, int], examples, batch_size: int) -> float:
+    _, ranks, _ = score_examples(model, index_of, examples, batch_size)
+    return float(np.mean(ranks == 1))
 
 
 def compare_settings(config: str, overrides: list[str], grid: list[str]) -> None:
@@ -63,7 +61,8 @@ def compare_settings(config: str, overrides: list[str], grid: list[str]) -> None
         valid = examples[examples["split"] == "valid"]
         test = examples[(examples["split"] == "test") & examples["in_test_sample"]]
         rows.append(
-            f"| {epochs} | {learning_rate} | {_recall_at_1(model, index_of, valid):.4f} | {_recall_at_1(model, index_of, test):.4f} "
+            f"| {epochs} | {learning_rate} | {_recall_at_1(model, index_of, valid, cfg.sasrec.score_batch_size):.4f} "
+            f"| {_recall_at_1(model, index_of, test, cfg.sasrec.score_batch_size):.4f} "
             f"| {facts['final_loss']:.3f} | {facts['train_seconds']:.0f} |"
         )
         print(rows[-1], flush=True)

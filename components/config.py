@@ -456,7 +456,7 @@ class SasrecConfig(_Section):
     # Passes over the training sequences, 20-25 s each on 2 CPU cores on bundled Beauty. Chosen on
     # all 22,363 valid users for `make run`'s budget: 2 epochs at 2e-2 give valid R@1 0.465 (1e-2:
     # 0.456, 6e-3: 0.442, 3e-3: 0.395; 1 epoch at 2e-2: 0.407), above 3 epochs at 3e-3 (0.427) and
-    # in less time (benchmarks/results/sasrec.md, which also records a 12-epoch run at 3e-3).
+    # in less time (benchmarks/results/sasrec_settings.md; sasrec.md records 12 epochs at 3e-3).
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(2e-2, gt=0.0)

@@ -87,6 +87,15 @@ def target_ranks(scores: np.ndarray, pre_ranks: np.ndarray) -> tuple[np.ndarray,
     return ranks, (order == np.arange(order.shape[1])).all(axis=1)
 
 
+def score_examples(model: SASRec, index_of: dict[str, int], examples: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SASRec's score of every candidate after each example's history (``index_of``: item id ->
+    model index), with :func:`target_ranks` of those scores: ``(scores, ranks, copied)``."""
+    histories = [[index_of[item] for item in history] for history in examples["history"]]
+    candidates = np.array([[index_of[item] for item in row] for row in examples["candidates"]], dtype=np.int64)
+    scores = score_candidates(model, histories, candidates, batch_size)
+    return scores, *target_ranks(scores, examples["target_pre_rank"].to_numpy())
+
+
 def ranked_report(examples: pd.DataFrame, ranks: np.ndarray, copied: np.ndarray, cfg: Config, seconds: float) -> dict[str, Any]:
     """One split's report from the target's rank under a baseline's order, in the layout of
     :func:`components.evaluation.runner.evaluate_decoder` (every ranking is valid)."""
@@ -129,10 +138,7 @@ def run_sasrec(cfg: Config, dataset_uri: str, examples_uri: str) -> StageResult:
     scored = []
     for split, examples in evaluation_examples(read_examples(examples_uri, work_dir), cfg).items():
         started = time.perf_counter()
-        histories = [[index_of[item] for item in history] for history in examples["history"]]
-        candidates = np.array([[index_of[item] for item in row] for row in examples["candidates"]], dtype=np.int64)
-        scores = score_candidates(model, histories, candidates, cfg.sasrec.score_batch_size)
-        ranks, copied = target_ranks(scores, examples["target_pre_rank"].to_numpy())
+        scores, ranks, copied = score_examples(model, index_of, examples, cfg.sasrec.score_batch_size)
         metrics[split] = ranked_report(examples, ranks, copied, cfg, time.perf_counter() - started)
         columns = ["user_id", "split", "target", "candidates", "target_pre_rank", "in_test_sample"]
         scored.append(examples[columns].assign(scores=list(scores), rank=ranks))
