@@ -25,12 +25,13 @@ from transformers import (
 )
 
 from components.config import ModelConfig
+from components.modeling.attention import SDPA_SHARED_KV
 from components.modeling.tokenizer import add_reranker_tokens
 
 METADATA_FILE = "dgr2_model.json"
-# SDPA takes the hand-built 4D masks of the block-diffusion stage; eager would add a bool mask
-# instead of applying it.
-ATTN_IMPLEMENTATION = "sdpa"
+# SDPA takes the hand-built 4D masks of the block-diffusion stage (eager would add a bool mask
+# instead of applying it), here without copying shared key/value heads (components.modeling.attention).
+ATTN_IMPLEMENTATION = SDPA_SHARED_KV
 
 
 @dataclass(frozen=True)

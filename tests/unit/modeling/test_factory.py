@@ -6,6 +6,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from components.config import ModelConfig
+from components.modeling.attention import SDPA_SHARED_KV
 from components.modeling.factory import (
     METADATA_FILE,
     CheckpointError,
@@ -44,7 +45,7 @@ def test_build_model_forward_shapes(tokenizer, preset):
     assert model.config.vocab_size == len(tokenizer)
     assert model.config.max_position_embeddings >= cfg.max_length
     assert (model.config.pad_token_id, model.config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == SDPA_SHARED_KV
     ids = torch.randint(0, len(tokenizer), (2, 7))
     assert model(input_ids=ids).logits.shape == (2, 7, len(tokenizer))
 
