@@ -1,6 +1,6 @@
 """Where one AR step's and one block step's time goes, on the latest recipe run's models.
 
-    python benchmarks/decode_profile.py [--config configs/tiny.yaml] [--tau 0.9] [--label after]
+    python benchmarks/decode_profile.py [--config configs/tiny.yaml] [--tau 0.9] [--label after] [--attention sdpa]
 
 Decodes the first test prompts greedily with the AR teacher (``components.decoding.generate``),
 with the final block-diffusion student (``generate_blocks`` at ``--tau``, unfolded and, when the
@@ -41,7 +41,7 @@ from components.decoding import ar, block, speculative  # noqa: E402
 from components.decoding.cache import InPlaceLayer  # noqa: E402
 from components.prompts.render import render_prompts  # noqa: E402
 from components.evaluation.stage import evaluation_examples  # noqa: E402
-from components.modeling.factory import load_model  # noqa: E402
+from components.modeling.factory import ATTN_IMPLEMENTATION, load_model  # noqa: E402
 from components.prompts.catalog import load_catalog  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "decode_profile.md"
@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per batch size (batch 1 decodes a quarter of them)")
     parser.add_argument("--label", default="", help="a name for this section of the results file")
     parser.add_argument("--draft-steps", type=int, default=1, help="student forwards per speculative draft")
+    parser.add_argument(
+        "--attention", default=ATTN_IMPLEMENTATION, help="the models' attention implementation (sdpa: transformers' stock one, for comparison)"
+    )
     args = parser.parse_args()
     cfg = load_config(REPO_ROOT / args.config)
     _, data = run_dgr2("data", args.config, [])
@@ -134,6 +137,8 @@ def main() -> None:
     outputs, work_dir = data["outputs"], cfg.storage.work_dir
     teacher, tokenizer, _ = load_model(storage.fetch_dir(summary["teacher_model_uri"], work_dir))
     student, _, _ = load_model(storage.fetch_dir(summary["models"]["CFT+OPD+RL"], work_dir))
+    for model in (teacher, student):
+        model.set_attn_implementation(args.attention)
     catalog = load_catalog(outputs["dataset_uri"], outputs["sid_uri"], work_dir)
     test = evaluation_examples(read_examples(outputs["examples_uri"], work_dir), cfg)["test"].head(args.prompts)
     prompts = render_prompts(tokenizer, test, catalog, cfg.prompts)
@@ -169,7 +174,7 @@ def main() -> None:
     header = "| batch | step | " + " | ".join(f"{part} ms" for part in PARTS) + " | ms per forward | forwards | tokens per forward | tokens/s |"
     lines = [
         f"\n## {args.label or 'profile'}: {datetime.now(timezone.utc).date()}, commit {_commit()}\n",
-        f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau} --draft-steps {args.draft_steps}`; {platform.processor() or platform.machine()}, "
+        f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau} --draft-steps {args.draft_steps} --attention {args.attention}`; {platform.processor() or platform.machine()}, "
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}; "
         f"block size {student.config.bd_block_size}, max new tokens {new_tokens}; milliseconds per forward pass.\n",
         header,

@@ -1,4 +1,5 @@
-"""The shared-KV SDPA attention computes what transformers' stock SDPA computes."""
+"""The shared-KV SDPA attention computes what transformers' stock SDPA computes; training keeps
+the stock path."""
 
 from __future__ import annotations
 
@@ -18,21 +19,44 @@ def _pair():
     return stock, shared, tokenizer
 
 
-def test_block_layout_mask_same_logits_and_gradients():
-    """A 4D block-diffusion mask (CFT's layout): same logits, same gradients."""
-    stock, shared, tokenizer = _pair()
-    stock.train(), shared.train()
+def _layout_inputs(tokenizer):
     allowed, positions = training_layout(prompt_length=6, response_length=8, block_size=4, views=2)
     ids = torch.randint(0, len(tokenizer), (2, allowed.shape[0]), generator=torch.Generator().manual_seed(1))
-    inputs = {"input_ids": ids, "attention_mask": allowed[None, None].expand(2, 1, -1, -1), "position_ids": positions[None].expand(2, -1)}
+    return {"input_ids": ids, "attention_mask": allowed[None, None].expand(2, 1, -1, -1), "position_ids": positions[None].expand(2, -1)}
+
+
+def test_block_mask_same_logits_without_copying_heads(monkeypatch):
+    """A 4D block-diffusion mask at inference: same logits, and SDPA shares the key/value heads."""
+    stock, shared, tokenizer = _pair()
+    inputs = _layout_inputs(tokenizer)
+    with torch.no_grad():
+        expected = stock(**inputs).logits
+        calls = []
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def recording(query, key, value, **kwargs):
+            calls.append((query.shape[1], key.shape[1], kwargs.get("enable_gqa", False)))
+            return sdpa(query, key, value, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+        got = shared(**inputs).logits
+    torch.testing.assert_close(expected, got, atol=1e-5, rtol=0)
+    heads, kv_heads = shared.config.num_attention_heads, shared.config.num_key_value_heads
+    assert calls == [(heads, kv_heads, True)] * shared.config.num_hidden_layers
+
+
+def test_training_takes_the_stock_path():
+    """With gradients on, logits and gradients are stock SDPA's to the bit (training is unchanged)."""
+    stock, shared, tokenizer = _pair()
+    stock.train(), shared.train()
+    inputs = _layout_inputs(tokenizer)
     losses = []
     for model in (stock, shared):
         logits = model(**inputs).logits
         loss = logits.logsumexp(-1).mean()
         loss.backward()
         losses.append((logits, model.model.layers[0].self_attn.k_proj.weight.grad))
-    torch.testing.assert_close(losses[0][0], losses[1][0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(losses[0][1], losses[1][1], atol=1e-5, rtol=1e-4)
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
 
 
 def test_left_padded_batch_same_logits():
