@@ -1,4 +1,5 @@
-"""Runs a ``dgr2`` command the way a user types it and returns its JSON summary (shared by the benchmarks)."""
+"""Runs a ``dgr2`` command the way a user types it and returns its JSON summary, and names the
+commit a record was measured at (shared by the benchmarks)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def run_dgr2(command: str, config: str, overrides: list[str], env: dict[str, str
     if result.returncode != 0:
         sys.exit(f"dgr2 {command} failed:\n{result.stderr[-4000:]}")
     return seconds, json.loads(result.stdout)
+
+
+def current_commit() -> str:
+    """The checkout's short commit hash, for a results section ("" outside a git checkout)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()

@@ -33,7 +33,7 @@ import transformers
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticLayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_run import REPO_ROOT, run_dgr2  # noqa: E402
+from cli_run import REPO_ROOT, current_commit, run_dgr2  # noqa: E402
 from components import storage  # noqa: E402
 from components.candidates.examples import read_examples  # noqa: E402
 from components.config import load_config  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> None:
 
     header = "| batch | step | " + " | ".join(f"{part} ms" for part in PARTS) + " | ms per forward | forwards | tokens per forward | tokens/s |"
     lines = [
-        f"\n## {args.label or 'profile'}: {datetime.now(timezone.utc).date()}, commit {_commit()}\n",
+        f"\n## {args.label or 'profile'}: {datetime.now(timezone.utc).date()}, commit {current_commit()}\n",
         f"Command: `python benchmarks/decode_profile.py --config {args.config} --tau {args.tau} --draft-steps {args.draft_steps} --attention {args.attention}`; {platform.processor() or platform.machine()}, "
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}, transformers {transformers.__version__}; "
         f"block size {student.config.bd_block_size}, max new tokens {new_tokens}; milliseconds per forward pass.\n",
@@ -203,12 +203,6 @@ def main() -> None:
         RESULTS.write_text("# Where a decoding step's time goes: AR teacher against block-diffusion student\n")
     with RESULTS.open("a") as results:
         results.write(text)
-
-
-def _commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
 
 if __name__ == "__main__":
