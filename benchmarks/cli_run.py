@@ -1,5 +1,5 @@
-"""Runs a ``dgr2`` command the way a user types it and returns its JSON summary, and names the
-commit a record was measured at (shared by the benchmarks)."""
+"""What the benchmarks share: running a ``dgr2`` command the way a user types it (its JSON summary),
+the commit a record was measured at, and appending a section to a results file."""
 
 from __future__ import annotations
 
@@ -39,3 +39,11 @@ def run_dgr2(command: str, config: str, overrides: list[str], env: dict[str, str
 def current_commit() -> str:
     """The checkout's short commit hash, for a results section ("" outside a git checkout)."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def append_record(path: Path, header: str, text: str) -> None:
+    """Append ``text`` to the results file at ``path``, starting the file with ``header`` if new."""
+    if not path.exists():
+        path.write_text(header)
+    with path.open("a") as results:
+        results.write(text)

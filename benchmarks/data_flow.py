@@ -24,7 +24,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cli_run import run_dgr2
+from cli_run import append_record, run_dgr2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "data_flow.md"
@@ -87,17 +87,14 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     stages = ", ".join(f"{k} {v}s" for k, v in summary["stage_seconds"].items())
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Data flow wall time (bundled Beauty, `dgr2 data`)\n\n"
-            "Command: `python benchmarks/data_flow.py --config configs/tiny.yaml`. Targets: cold <= 300 s, cached <= 15 s.\n\n"
-            "| date | machine | dataset version | cold s | cached s | cached s, running Prefect server | cold stages |\n"
-            "|---|---|---|---|---|---|---|\n"
-        )
-    with RESULTS.open("a") as handle:
-        handle.write(
-            f"| {date} | {machine} | {summary['dataset_version']} | {cold_s:.1f} | {cached_s:.1f} | {server_s:.1f} | {stages} |\n"
-        )
+    append_record(
+        RESULTS,
+        "# Data flow wall time (bundled Beauty, `dgr2 data`)\n\n"
+        "Command: `python benchmarks/data_flow.py --config configs/tiny.yaml`. Targets: cold <= 300 s, cached <= 15 s.\n\n"
+        "| date | machine | dataset version | cold s | cached s | cached s, running Prefect server | cold stages |\n"
+        "|---|---|---|---|---|---|---|\n",
+        f"| {date} | {machine} | {summary['dataset_version']} | {cold_s:.1f} | {cached_s:.1f} | {server_s:.1f} | {stages} |\n",
+    )
     print(f"cold {cold_s:.1f} s, cached {cached_s:.1f} s, cached with a server {server_s:.1f} s -> {RESULTS.relative_to(REPO_ROOT)}")
 
 

@@ -33,16 +33,11 @@ import transformers
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticLayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_run import REPO_ROOT, current_commit, run_dgr2  # noqa: E402
-from components import storage  # noqa: E402
-from components.candidates.examples import read_examples  # noqa: E402
-from components.config import load_config  # noqa: E402
+from cli_run import REPO_ROOT, append_record, current_commit  # noqa: E402
 from components.decoding import ar, block, speculative  # noqa: E402
 from components.decoding.cache import InPlaceLayer  # noqa: E402
-from components.prompts.render import render_prompts  # noqa: E402
-from components.evaluation.stage import evaluation_examples  # noqa: E402
-from components.modeling.factory import ATTN_IMPLEMENTATION, load_model  # noqa: E402
-from components.prompts.catalog import load_catalog  # noqa: E402
+from components.modeling.factory import ATTN_IMPLEMENTATION  # noqa: E402
+from recipe_models import latest_recipe_models  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "decode_profile.md"
 PARTS = ("model forward", "KV cache", "attention mask", "token selection", "rest of the step loop")
@@ -131,18 +126,11 @@ def main() -> None:
         "--attention", default=ATTN_IMPLEMENTATION, help="the models' attention implementation (sdpa: transformers' stock one, for comparison)"
     )
     args = parser.parse_args()
-    cfg = load_config(REPO_ROOT / args.config)
-    _, data = run_dgr2("data", args.config, [])
-    _, summary = run_dgr2("report", args.config, [])
-    outputs, work_dir = data["outputs"], cfg.storage.work_dir
-    teacher, tokenizer, _ = load_model(storage.fetch_dir(summary["teacher_model_uri"], work_dir))
-    student, _, _ = load_model(storage.fetch_dir(summary["models"]["CFT+OPD+RL"], work_dir))
+    models = latest_recipe_models(args.config, args.prompts)
+    teacher, student, tokenizer, prompts = models.teacher, models.student, models.tokenizer, models.prompts
     for model in (teacher, student):
         model.set_attn_implementation(args.attention)
-    catalog = load_catalog(outputs["dataset_uri"], outputs["sid_uri"], work_dir)
-    test = evaluation_examples(read_examples(outputs["examples_uri"], work_dir), cfg)["test"].head(args.prompts)
-    prompts = render_prompts(tokenizer, test, catalog, cfg.prompts)
-    new_tokens = cfg.evaluation.max_new_tokens
+    new_tokens = models.cfg.evaluation.max_new_tokens
 
     folds = [False, True] if student.config.to_dict().get("bd_fold_commits") else [False]
     rows = []
@@ -199,10 +187,7 @@ def main() -> None:
             )
     text = "\n".join(lines) + "\n"
     print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Where a decoding step's time goes: AR teacher against block-diffusion student\n")
-    with RESULTS.open("a") as results:
-        results.write(text)
+    append_record(RESULTS, "# Where a decoding step's time goes: AR teacher against block-diffusion student\n", text)
 
 
 if __name__ == "__main__":

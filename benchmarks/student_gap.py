@@ -22,17 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_run import REPO_ROOT, current_commit, run_dgr2  # noqa: E402
-from components import storage  # noqa: E402
-from components.candidates.examples import read_examples  # noqa: E402
-from components.config import load_config  # noqa: E402
+from cli_run import REPO_ROOT, append_record, current_commit  # noqa: E402
 from components.decoding.ar import generate  # noqa: E402
 from components.decoding.block import generate_blocks  # noqa: E402
-from components.evaluation.stage import evaluation_examples  # noqa: E402
-from components.modeling.factory import load_model  # noqa: E402
 from components.prompts.answer import parse_answer  # noqa: E402
-from components.prompts.catalog import load_catalog  # noqa: E402
-from components.prompts.render import render_prompts  # noqa: E402
+from recipe_models import latest_recipe_models  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "student_gap.md"
 # The analyst traces' selection sentence: "I rank candidate 9 first, ..." (or a SID).
@@ -49,18 +43,11 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--tau", type=float, default=1.0, help="the student's decoding threshold")
     args = parser.parse_args()
-    cfg = load_config(REPO_ROOT / args.config)
-    _, data = run_dgr2("data", args.config, [])
-    _, summary = run_dgr2("report", args.config, [])
-    outputs, work_dir = data["outputs"], cfg.storage.work_dir
-    teacher, tokenizer, _ = load_model(storage.fetch_dir(summary["teacher_model_uri"], work_dir))
-    student, _, _ = load_model(storage.fetch_dir(summary["models"]["CFT+OPD+RL"], work_dir))
-    catalog = load_catalog(outputs["dataset_uri"], outputs["sid_uri"], work_dir)
-    test = evaluation_examples(read_examples(outputs["examples_uri"], work_dir), cfg)["test"]
-    prompts = render_prompts(tokenizer, test, catalog, cfg.prompts)
-    new_tokens, batch_size = cfg.evaluation.max_new_tokens, cfg.evaluation.decode_batch_size
-    teacher_texts = generate(teacher, tokenizer, prompts, new_tokens, batch_size=batch_size).texts
-    student_texts = generate_blocks(student, tokenizer, prompts, new_tokens, threshold=args.tau, batch_size=batch_size).texts
+    models = latest_recipe_models(args.config)
+    tokenizer, catalog, test, prompts, summary = models.tokenizer, models.catalog, models.test, models.prompts, models.summary
+    new_tokens, batch_size = models.cfg.evaluation.max_new_tokens, models.cfg.evaluation.decode_batch_size
+    teacher_texts = generate(models.teacher, tokenizer, prompts, new_tokens, batch_size=batch_size).texts
+    student_texts = generate_blocks(models.student, tokenizer, prompts, new_tokens, threshold=args.tau, batch_size=batch_size).texts
 
     users, gain = Counter(), Counter()
     same_reasoning = Counter()
@@ -92,10 +79,7 @@ def main() -> None:
     )
     text = "\n".join(lines)
     print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Where the final student loses Recall@1 to its AR teacher\n")
-    with RESULTS.open("a") as results:
-        results.write(text)
+    append_record(RESULTS, "# Where the final student loses Recall@1 to its AR teacher\n", text)
 
 
 if __name__ == "__main__":
