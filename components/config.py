@@ -367,6 +367,14 @@ class DiffusionConfig(_Section):
     # Block-diffusion conversion (Diffusion-GR2 section 6; research note section 4). Response
     # tokens per block; the paper uses 32, the research note 8 for short re-ranker outputs.
     block_size: int = Field(8, ge=MIN_BLOCK_SIZE)
+    # Which masked positions a denoising step may commit (components/decoding/block.py). "any":
+    # every one whose probability reaches tau, plus the most confident (Fast-dLLM v2, the papers).
+    # "prefix": the leftmost one and the run right after it that reaches tau, so no position is
+    # fixed while a gap to its left is open. On make run's student at tau 0.9 "any" left 19 of
+    # 1,615 answers invalid, mostly a promoted candidate written twice after the list's tail was
+    # committed first; "prefix" left 7, at 2.71 instead of 2.77 tokens per forward and the same
+    # Recall@1 (benchmarks/results/commit_rule.md). The rule is stored on the converted model.
+    commit_rule: Literal["any", "prefix"] = "prefix"
 
 
 class CftConfig(StageTrainingConfig):

@@ -5,8 +5,13 @@ The prompt is prefilled causally into the cache; its last logits give the first 
 
 1. the block starts as ``[first token, <|mask|> x (b - 1)]``;
 2. each step runs the whole block against the cache (bidirectional inside the block), rolls the
-   block's K/V back out of the cache, and commits every masked position whose probability is at
-   least ``threshold``, plus the most confident one, so at most ``b - 1`` steps finish a block;
+   block's K/V back out of the cache, and commits masked positions by the model's commit rule
+   (``BlockDiffusionSpec.commit_rule``), at least one per step, so at most ``b - 1`` steps finish
+   a block. ``any`` (the papers, Fast-dLLM v2) commits every masked position whose probability is
+   at least ``threshold``, plus the most confident one; ``prefix`` commits the run of masked
+   positions from the leftmost one on that reach ``threshold`` (the leftmost alone when it does
+   not), so no token is fixed while a gap to its left is still open (an answer's tail committed
+   before its middle is how a candidate comes to be written twice);
 3. once a stop token is in the block, the masked positions after it are not decoded (the answer
    ends there);
 4. a last forward over the finished block writes its K/V to the cache and predicts the next
@@ -21,7 +26,8 @@ whole-block masks (CFT's ``whole_block_rate``, recorded as ``BlockDiffusionSpec.
 The first step commits the block's first token (plus, below ``threshold >= 1``, whatever reaches
 tau), so at ``threshold >= 1`` both decoders commit the same tokens in the same number of forwards.
 
-``threshold >= 1`` commits exactly one token per step, the papers' quality setting. Sequences
+``threshold >= 1`` commits exactly one token per step, the papers' quality setting (under
+``prefix``, left to right). Sequences
 stop independently: a finished sequence stays in its batch, fed padding that it never commits.
 Each token's commit step is recorded (-1 for a block's first token when it is decoded before the
 block's steps, 0 when the folded first step commits it), and each sequence's forward passes
@@ -38,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.decoding.ar import DecodeSetup, Generation, choose_tokens, decode_in_batches, eval_mode, left_pad
 from components.decoding.cache import InPlaceCache
-from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, fold_step_mask, token_flags
+from components.modeling.block_diffusion import COMMIT_RULES, BlockDiffusionSpec, block_diffusion_spec, block_step_mask, fold_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
 AUTOREGRESSIVE_STEP = -1
@@ -92,10 +98,12 @@ def _decode_batch(
     pad_id: int,
     cache_argument: str,
     fold: bool,
+    commit_rule: str,
 ) -> _BatchDecode:
-    """Decode one batch of prompts (``fold``: see the module docstring)."""
+    """Decode one batch of prompts (``fold`` and ``commit_rule``: see the module docstring)."""
     device = stop_ids.device
     b, mask_id = spec.block_size, spec.mask_token_id
+    prefix = commit_rule == "prefix"
     ids, prompt_mask = left_pad(prompt_ids, pad_id, device)  # (B, P)
     batch = ids.shape[0]
     positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
@@ -186,9 +194,16 @@ def _decode_batch(
             proposed[step_rows[row], slot], proposed_log_probs[step_rows[row], slot] = chosen, chosen_log_probs
             confidence = proposed_log_probs.exp().masked_fill(~masked, -1.0)
             commit = masked & (confidence >= threshold) if threshold < 1.0 else torch.zeros_like(masked)
-            # Each step commits at least one position: a masked block start first (it is predicted
-            # from the committed text alone, as an AR step would), else the most confident.
-            forced = torch.where(masked[:, 0], 0, confidence.argmax(dim=1))  # (W,)
+            if prefix:
+                # Only the run of masked positions that reach tau from the leftmost one on (the
+                # committed positions between them do not break it).
+                commit &= (commit | ~masked).long().cummin(dim=1).values.bool()
+                forced = masked.long().argmax(dim=1)  # (W,): the leftmost masked position
+            else:
+                # Each step commits at least one position: a masked block start first (it is
+                # predicted from the committed text alone, as an AR step would), else the most
+                # confident.
+                forced = torch.where(masked[:, 0], 0, confidence.argmax(dim=1))  # (W,)
             commit[torch.arange(width, device=device), forced] |= active
             block = torch.where(commit, proposed, block)
             block_log_probs = torch.where(commit, proposed_log_probs, block_log_probs)
@@ -248,6 +263,7 @@ def generate_blocks(
     stop_token_ids: list[int] | None = None,
     batch_size: int = 16,
     fold: bool | None = None,
+    commit_rule: str | None = None,
 ) -> BlockGeneration:
     """Complete chat prompts with a converted block-diffusion model, ``batch_size`` at a time.
 
@@ -267,6 +283,8 @@ def generate_blocks(
         batch_size: prompts per batch.
         fold: fold each block's commit into the next block's first step; None: when the model
             was trained for it (``BlockDiffusionSpec.fold_commits``).
+        commit_rule: ``any`` or ``prefix`` (module docstring); None: the model's
+            (``BlockDiffusionSpec.commit_rule``).
 
     Returns:
         The completions in prompt order, with their commit steps and forward passes.
@@ -279,10 +297,13 @@ def generate_blocks(
     spec = block_diffusion_spec(model)
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
     fold = spec.fold_commits if fold is None else fold
+    commit_rule = spec.commit_rule if commit_rule is None else commit_rule
+    if commit_rule not in COMMIT_RULES:
+        raise ValueError(f"commit_rule must be one of {', '.join(COMMIT_RULES)}, got {commit_rule!r}")
 
     def decode_batch(prompt_ids: list[list[int]]) -> _BatchDecode:
         return _decode_batch(
-            model, prompt_ids, spec, max_new_tokens, threshold, temperature, top_p, setup.generator, setup.stop_ids, setup.pad_id, setup.cache_argument, fold
+            model, prompt_ids, spec, max_new_tokens, threshold, temperature, top_p, setup.generator, setup.stop_ids, setup.pad_id, setup.cache_argument, fold, commit_rule
         )
 
     with eval_mode(model):

@@ -33,6 +33,10 @@ TOKEN_SHIFT_KEY = "bd_token_shift"
 # Set by CFT when it trained whole-block masks (block start included): the decoder may then fold a
 # block's commit into the next block's first denoising step (components.decoding.block).
 FOLD_KEY = "bd_fold_commits"
+# Which masked positions a denoising step may commit (DiffusionConfig.commit_rule); a checkpoint
+# without it was converted before the rule existed and decodes with the papers' "any".
+COMMIT_RULE_KEY = "bd_commit_rule"
+COMMIT_RULES = ("any", "prefix")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class BlockDiffusionSpec:
     mask_token_id: int
     # Trained for folded decoding: a block's first step may see its first token masked.
     fold_commits: bool = False
+    commit_rule: str = "any"
 
 
 def is_block_diffusion(model: Any) -> bool:
@@ -58,24 +63,30 @@ def mask_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(token_id)
 
 
-def convert_to_block_diffusion(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, block_size: int) -> PreTrainedModel:
+def convert_to_block_diffusion(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, block_size: int, commit_rule: str = "prefix"
+) -> PreTrainedModel:
     """Mark an AR model as a block-diffusion model; the weights are kept one-to-one.
 
     Args:
         model: the AR causal LM (modified in place and returned).
         tokenizer: its tokenizer, which must hold the ``<|mask|>`` token.
         block_size: response tokens per block.
+        commit_rule: which masked positions a denoising step may commit (``COMMIT_RULES``).
 
     Returns:
-        The same model with ``bd_block_size``, ``bd_mask_token_id`` and ``bd_token_shift`` on its config.
+        The same model with ``bd_block_size``, ``bd_mask_token_id``, ``bd_token_shift`` and
+        ``bd_commit_rule`` on its config.
     """
     _check_block_size(block_size)
+    _check_commit_rule(commit_rule)
     mask_id = mask_token_id(tokenizer)
     if mask_id >= model.config.vocab_size:
         raise ValueError(f"mask token id {mask_id} is outside the model's vocabulary ({model.config.vocab_size})")
     setattr(model.config, BLOCK_SIZE_KEY, block_size)
     setattr(model.config, MASK_TOKEN_ID_KEY, mask_id)
     setattr(model.config, TOKEN_SHIFT_KEY, True)
+    setattr(model.config, COMMIT_RULE_KEY, commit_rule)
     return model
 
 
@@ -86,7 +97,9 @@ def block_diffusion_spec(model: PreTrainedModel) -> BlockDiffusionSpec:
     if block_size is None or mask_id is None:
         raise ValueError("the model is not a block-diffusion model: convert it first (dgr2 convert)")
     _check_block_size(int(block_size))
-    return BlockDiffusionSpec(int(block_size), int(mask_id), bool(getattr(model.config, FOLD_KEY, False)))
+    commit_rule = str(getattr(model.config, COMMIT_RULE_KEY, "any"))
+    _check_commit_rule(commit_rule)
+    return BlockDiffusionSpec(int(block_size), int(mask_id), bool(getattr(model.config, FOLD_KEY, False)), commit_rule)
 
 
 def _check_block_size(block_size: int) -> None:
@@ -95,6 +108,11 @@ def _check_block_size(block_size: int) -> None:
             f"block size {block_size} is below {MIN_BLOCK_SIZE}: a block of one token is autoregressive decoding "
             "(components.decoding.ar.generate)"
         )
+
+
+def _check_commit_rule(commit_rule: str) -> None:
+    if commit_rule not in COMMIT_RULES:
+        raise ValueError(f"commit rule {commit_rule!r} is not one of {', '.join(COMMIT_RULES)}")
 
 
 def mark_fold_commits(model: PreTrainedModel, trained: bool) -> None:

@@ -57,7 +57,7 @@ def run_convert(cfg: Config, model_uri: str) -> StageResult:
     if (cached := cached_result(uri, "model_uri", cfg.storage.work_dir)) is not None:
         return cached
     model, tokenizer, parent_meta = load_model(storage.fetch_dir(model_uri, cfg.storage.work_dir))
-    spec = block_diffusion_spec(convert_to_block_diffusion(model, tokenizer, cfg.diffusion.block_size))
+    spec = block_diffusion_spec(convert_to_block_diffusion(model, tokenizer, cfg.diffusion.block_size, cfg.diffusion.commit_rule))
     metrics: dict[str, Any] = {
         "block_size": spec.block_size,
         "mask_token_id": spec.mask_token_id,

@@ -1,5 +1,6 @@
-"""The parallel block decoder: commits respect tau, every block completes, the KV cache gives what
-recomputing the whole prefix gives, and a left-padded batch decodes as its rows do alone."""
+"""The parallel block decoder: commits respect tau and the commit rule, every block completes, the KV
+cache gives what recomputing the whole prefix gives, and a left-padded batch decodes as its rows do
+alone."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def prompts(tokenizer):
     return chat_prompts(tokenizer)
 
 
-def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int, fold: bool = False) -> list[int]:
+def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: int, fold: bool = False, commit_rule: str = "any") -> list[int]:
     """Greedy block decoding with no cache: every step runs the prompt, the committed blocks and the
     current block from scratch under the training layout's mask (clean stream, no views). Folded,
     a block starts wholly masked and its first step commits the first token first."""
@@ -56,8 +57,17 @@ def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: 
                 probs = logits_of(response + block)[-b - 1 : -1].softmax(-1)  # token shift: row i predicts position i
                 confidence, choice = probs.max(-1)
                 open_slots = [i for i in range(b) if block[i] == mask_id]
-                chosen = {i for i in open_slots if confidence[i] >= threshold} if threshold < 1 else set()
-                chosen.add(0 if 0 in open_slots else max(open_slots, key=lambda i: float(confidence[i])))
+                if commit_rule == "prefix":
+                    # The leftmost open slot, then the open slots after it while they reach tau.
+                    # (Committed slots between them do not break the run.)
+                    chosen = {open_slots[0]}
+                    for i in open_slots:
+                        if threshold >= 1 or confidence[i] < threshold:
+                            break
+                        chosen.add(i)
+                else:
+                    chosen = {i for i in open_slots if confidence[i] >= threshold} if threshold < 1 else set()
+                    chosen.add(0 if 0 in open_slots else max(open_slots, key=lambda i: float(confidence[i])))
                 for i in chosen:
                     block[i] = int(choice[i])
             if fold:
@@ -66,12 +76,47 @@ def _recomputed_decode(model, prompt_ids: list[int], threshold: float, max_new: 
     return response[:max_new]
 
 
+@pytest.mark.parametrize("commit_rule", ["any", "prefix"])
 @pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("threshold", [1.0, 0.9, 0.05])
-def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts, threshold, fold):
-    decoded = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold)
-    reference = _recomputed_decode(model, tokenizer(prompts[0], add_special_tokens=False)["input_ids"], threshold, MAX_NEW, fold)
-    assert decoded.token_ids[0] == reference
+def test_cache_gives_what_recomputing_the_prefix_gives(model, tokenizer, prompts, threshold, fold, commit_rule):
+    decoded = generate_blocks(model, tokenizer, prompts[:1], MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold, commit_rule=commit_rule)
+    prompt_ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    assert decoded.token_ids[0] == _recomputed_decode(model, prompt_ids, threshold, MAX_NEW, fold, commit_rule)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("threshold", [0.9, 0.3, 0.02])
+def test_prefix_rule_never_commits_right_of_an_open_position(model, tokenizer, prompts, threshold, fold):
+    # Under "prefix" a block's commit steps never decrease left to right, and within a step every
+    # commit but the leftmost reached tau; "any" breaks the order on the same prompts.
+    out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=threshold, stop_token_ids=[], fold=fold, commit_rule="prefix")
+    for log_probs, steps in zip(out.logprobs, out.commit_steps):
+        for start in range(0, MAX_NEW, BLOCK):
+            block_steps, block_log_probs = steps[start : start + BLOCK], log_probs[start : start + BLOCK]
+            assert block_steps == sorted(block_steps)
+            for position in range(1, BLOCK):
+                if block_steps[position] == block_steps[position - 1]:
+                    assert torch.tensor(block_log_probs[position]).exp() >= threshold - 1e-6
+    unordered = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.3, stop_token_ids=[], commit_rule="any").commit_steps
+    assert any(steps[start : start + BLOCK] != sorted(steps[start : start + BLOCK]) for steps in unordered for start in range(0, MAX_NEW, BLOCK))
+
+
+def test_the_converted_model_carries_its_commit_rule(tokenizer, prompts):
+    from components.modeling.block_diffusion import COMMIT_RULE_KEY, convert_to_block_diffusion
+
+    assert block_diffusion_spec(tiny_model(tokenizer, BLOCK)).commit_rule == "prefix"
+    converted = convert_to_block_diffusion(tiny_model(tokenizer), tokenizer, BLOCK, commit_rule="any")
+    assert block_diffusion_spec(converted).commit_rule == "any"
+    # A checkpoint converted before the rule existed decodes as the papers do.
+    delattr(converted.config, COMMIT_RULE_KEY)
+    assert block_diffusion_spec(converted).commit_rule == "any"
+    by_default = generate_blocks(converted, tokenizer, prompts, MAX_NEW, threshold=0.3, stop_token_ids=[])
+    assert by_default.token_ids == generate_blocks(converted, tokenizer, prompts, MAX_NEW, threshold=0.3, stop_token_ids=[], commit_rule="any").token_ids
+    with pytest.raises(ValueError, match="commit rule"):
+        convert_to_block_diffusion(tiny_model(tokenizer), tokenizer, BLOCK, commit_rule="leftmost")
+    with pytest.raises(ValueError, match="commit_rule"):
+        generate_blocks(converted, tokenizer, prompts, MAX_NEW, commit_rule="leftmost")
 
 
 def test_folded_decoding_equals_the_unfolded_decoder_at_tau_one(model, tokenizer, prompts):
@@ -112,8 +157,9 @@ def test_left_padded_batch_decodes_as_single_rows(model, tokenizer, prompts, thr
 def test_rows_that_finish_early_sit_out_the_forwards_of_the_others(model, tokenizer, prompts):
     # At a low tau rows finish a block in different numbers of steps, and a row that stops leaves
     # the batch: the batch's forwards then cover fewer rows than width x forwards, yet every row
-    # decodes what it decodes alone (above).
-    free = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[])
+    # decodes what it decodes alone (above). (Under "any" these prompts give the first row a token
+    # of its own; the batching does not depend on the rule.)
+    free = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[], commit_rule="any")
     # A token only the first row decodes, after its first block: that row stops while the rest go on.
     stop = next(t for t in free.token_ids[0][BLOCK:] if t not in free.token_ids[0][:BLOCK] and all(t not in row for row in free.token_ids[1:]))
     widths: list[int] = []
@@ -126,13 +172,13 @@ def test_rows_that_finish_early_sit_out_the_forwards_of_the_others(model, tokeni
 
     decoder.forward = recording_forward
     try:
-        out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[stop])
+        out = generate_blocks(model, tokenizer, prompts, MAX_NEW, threshold=0.05, stop_token_ids=[stop], commit_rule="any")
     finally:
         del decoder.forward
     assert len(widths) == out.forward_passes and min(widths) < len(prompts)
     assert sum(widths) == sum(out.sequence_forward_passes)  # each row is computed exactly when it counts a forward
     for i, prompt in enumerate(prompts):
-        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.05, stop_token_ids=[stop])
+        alone = generate_blocks(model, tokenizer, [prompt], MAX_NEW, threshold=0.05, stop_token_ids=[stop], commit_rule="any")
         assert out.token_ids[i] == alone.token_ids[0]
 
 
