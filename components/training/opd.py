@@ -84,6 +84,7 @@ def opd_loss_fn(
             threshold=cfg.threshold,
             temperature=cfg.temperature,
             batch_size=len(texts),
+            commit_rule=cfg.commit_rule,
         )
         prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         device = next(module.parameters()).device

@@ -101,15 +101,22 @@ def ar_policy(tokenizer: PreTrainedTokenizerBase, cfg: RlConfig) -> RolloutPolic
 
 
 def block_policy(
-    tokenizer: PreTrainedTokenizerBase, model: nn.Module, temperature: float, top_p: float, threshold: float, max_new_tokens: int
+    tokenizer: PreTrainedTokenizerBase,
+    model: nn.Module,
+    temperature: float,
+    top_p: float,
+    threshold: float,
+    max_new_tokens: int,
+    commit_rule: str,
 ) -> RolloutPolicy:
-    """The block decoder samples at ``threshold``; trajectory replay re-scores every committed token
-    on the state it was committed from."""
+    """The block decoder samples at ``threshold`` under ``commit_rule``; trajectory replay re-scores
+    every committed token on the state it was committed from."""
     spec = block_diffusion_spec(model)
 
     def sample(policy: nn.Module, texts: list[str]) -> Generation:
         return generate_blocks(
-            policy, tokenizer, texts, max_new_tokens, threshold=threshold, temperature=temperature, top_p=top_p, batch_size=len(texts)
+            policy, tokenizer, texts, max_new_tokens, threshold=threshold, temperature=temperature, top_p=top_p, batch_size=len(texts),
+            commit_rule=commit_rule,
         )
 
     def log_probs(policy: nn.Module, prompt_ids: list[list[int]], rollouts: Generation, rows: list[int]) -> tuple[Tensor, Tensor]:

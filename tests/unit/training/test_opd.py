@@ -14,7 +14,7 @@ from components.modeling import build_model, build_tokenizer
 from components.modeling.block_diffusion import convert_to_block_diffusion
 from components.prompts.render import render_answer, render_messages
 from components.semantic_ids.format import all_sid_tokens
-from components.training import rl
+from components.training import opd, rl
 from components.training.dapo import dapo_loss
 from components.training.opd import forward_kl, opd_loss_fn
 from tests.unit.prompts.fakes import fake_catalog
@@ -100,3 +100,14 @@ def test_one_real_opd_step_gives_a_finite_loss_and_a_gradient(setup, objective):
     assert extras["teacher_nll"] > 0 and extras["tokens_per_forward"] > 0
     assert sum(float(p.grad.abs().sum()) for p in student.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("commit_rule", ["any", "prefix"])
+def test_opd_rollouts_decode_with_the_configured_commit_rule(setup, monkeypatch, commit_rule):
+    tokenizer, teacher, student, prompts = setup
+    rules = []
+    decode = opd.generate_blocks
+    monkeypatch.setattr(opd, "generate_blocks", lambda *args, **kwargs: rules.append(kwargs["commit_rule"]) or decode(*args, **kwargs))
+    cfg = OpdConfig(samples_per_prompt=2, max_new_tokens=12, threshold=0.3, commit_rule=commit_rule)
+    opd_loss_fn(tokenizer, prompts, teacher, copy.deepcopy(student), cfg)(student, {"prompt_index": torch.tensor([0])})
+    assert rules == [commit_rule]
