@@ -323,8 +323,8 @@ class RlConfig(StageTrainingConfig):
     threshold: float = Field(0.9, gt=0.0, le=1.0)
     # The commit rule of those rollouts (DiffusionConfig.commit_rule). "any", the papers', whatever
     # the model is served with: on the tiny profile, OPD and RL rollouts under "prefix" gave a
-    # student 97.5% valid at tau 0.9 (1,615 users), where "any" rollouts gave one that "prefix"
-    # decoding serves 99%+ valid (benchmarks/results/commit_rule.md).
+    # student 97.5% valid at tau 0.9 (1,615 users), "any" rollouts one that "prefix" decoding
+    # serves 99.3% valid (one draw each; benchmarks/results/commit_rule.md).
     commit_rule: Literal["any", "prefix"] = "any"
     # Optimizer steps taken on each rollout batch (DAPO's mini-batch updates): after the first, the
     # policy has moved, the importance ratio leaves 1 and the clip bounds the update. max_steps
@@ -358,8 +358,8 @@ class OpdConfig(StageTrainingConfig):
     threshold: float = Field(0.9, gt=0.0, le=1.0)
     # The commit rule of those rollouts (DiffusionConfig.commit_rule). "any", the papers', whatever
     # the model is served with: on the tiny profile, OPD and RL rollouts under "prefix" gave a
-    # student 97.5% valid at tau 0.9 (1,615 users), where "any" rollouts gave one that "prefix"
-    # decoding serves 99%+ valid (benchmarks/results/commit_rule.md).
+    # student 97.5% valid at tau 0.9 (1,615 users), "any" rollouts one that "prefix" decoding
+    # serves 99.3% valid (one draw each; benchmarks/results/commit_rule.md).
     commit_rule: Literal["any", "prefix"] = "any"
     max_new_tokens: int = Field(320, ge=8)
     # Train-split prompts OPD samples from (seeded); 0 = all. The paper runs one epoch.
@@ -381,9 +381,9 @@ class DiffusionConfig(_Section):
     # every one whose probability reaches tau, plus the most confident (Fast-dLLM v2, the papers).
     # "prefix": the leftmost one and the run right after it that reaches tau, so no position is
     # fixed while a gap to its left is open. On make run's student at tau 0.9 "any" left 19 of
-    # 1,615 answers invalid, mostly a promoted candidate written twice after the list's tail was
-    # committed first; "prefix" left 7, at 2.71 instead of 2.77 tokens per forward and the same
-    # Recall@1 (benchmarks/results/commit_rule.md). The rule is stored on the converted model.
+    # 1,615 answers invalid (malformed lists, a promoted candidate written twice after the list's
+    # tail was committed first); "prefix" left 12, at 2.70 instead of 2.77 tokens per forward and
+    # the same Recall@1 (benchmarks/results/commit_rule.md). Stored on the converted model.
     commit_rule: Literal["any", "prefix"] = "prefix"
 
 
