@@ -300,6 +300,10 @@ class SftConfig(StageTrainingConfig):
         return self
 
 
+# Which masked positions a block-diffusion denoising step may commit (DiffusionConfig.commit_rule).
+CommitRule = Literal["any", "prefix"]
+
+
 class RlConfig(StageTrainingConfig):
     # DAPO (GR2 stage 3) and the diffusion RL stage share these (paper.md sections 4, 6.5, 9).
     enabled: bool = True
@@ -325,7 +329,7 @@ class RlConfig(StageTrainingConfig):
     # the model is served with: on the tiny profile, OPD and RL rollouts under "prefix" gave a
     # student 97.5% valid at tau 0.9 (1,615 users), "any" rollouts one that "prefix" decoding
     # serves 99.3% valid (one draw each; benchmarks/results/commit_rule.md).
-    commit_rule: Literal["any", "prefix"] = "any"
+    commit_rule: CommitRule = "any"
     # Optimizer steps taken on each rollout batch (DAPO's mini-batch updates): after the first, the
     # policy has moved, the importance ratio leaves 1 and the clip bounds the update. max_steps
     # counts optimizer steps, so rollouts are sampled every updates_per_batch steps.
@@ -356,11 +360,8 @@ class OpdConfig(StageTrainingConfig):
     objective: Literal["forward_kl", "reverse_kl"] = "forward_kl"
     temperature: float = Field(1.0, gt=0.0)
     threshold: float = Field(0.9, gt=0.0, le=1.0)
-    # The commit rule of those rollouts (DiffusionConfig.commit_rule). "any", the papers', whatever
-    # the model is served with: on the tiny profile, OPD and RL rollouts under "prefix" gave a
-    # student 97.5% valid at tau 0.9 (1,615 users), "any" rollouts one that "prefix" decoding
-    # serves 99.3% valid (one draw each; benchmarks/results/commit_rule.md).
-    commit_rule: Literal["any", "prefix"] = "any"
+    # The commit rule of the rollouts, "any" whatever the model is served with (RlConfig.commit_rule).
+    commit_rule: CommitRule = "any"
     max_new_tokens: int = Field(320, ge=8)
     # Train-split prompts OPD samples from (seeded); 0 = all. The paper runs one epoch.
     max_prompts: int = Field(0, ge=0)
@@ -384,7 +385,7 @@ class DiffusionConfig(_Section):
     # 1,615 answers invalid (malformed lists, a promoted candidate written twice after the list's
     # tail was committed first); "prefix" left 12, at 2.70 instead of 2.77 tokens per forward and
     # the same Recall@1 (benchmarks/results/commit_rule.md). Stored on the converted model.
-    commit_rule: Literal["any", "prefix"] = "prefix"
+    commit_rule: CommitRule = "prefix"
 
 
 class CftConfig(StageTrainingConfig):

@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.decoding.ar import DecodeSetup, Generation, choose_tokens, decode_in_batches, eval_mode, left_pad
 from components.decoding.cache import InPlaceCache
-from components.modeling.block_diffusion import COMMIT_RULES, BlockDiffusionSpec, block_diffusion_spec, block_step_mask, fold_step_mask, token_flags
+from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, check_commit_rule, block_step_mask, fold_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
 AUTOREGRESSIVE_STEP = -1
@@ -298,8 +298,7 @@ def generate_blocks(
     setup = DecodeSetup.of(model, tokenizer, prompts, stop_token_ids, temperature, seed)
     fold = spec.fold_commits if fold is None else fold
     commit_rule = spec.commit_rule if commit_rule is None else commit_rule
-    if commit_rule not in COMMIT_RULES:
-        raise ValueError(f"commit_rule must be one of {', '.join(COMMIT_RULES)}, got {commit_rule!r}")
+    check_commit_rule(commit_rule)
 
     def decode_batch(prompt_ids: list[list[int]]) -> _BatchDecode:
         return _decode_batch(

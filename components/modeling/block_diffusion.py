@@ -17,13 +17,13 @@ scores and silently mask nothing (research note, block-diffusion section 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.config import MIN_BLOCK_SIZE
+from components.config import MIN_BLOCK_SIZE, CommitRule
 from components.modeling.tokenizer import MASK_TOKEN
 
 # Custom keys stored on the model config, so a saved checkpoint says how it must be decoded.
@@ -36,7 +36,7 @@ FOLD_KEY = "bd_fold_commits"
 # Which masked positions a denoising step may commit (DiffusionConfig.commit_rule); a checkpoint
 # without it was converted before the rule existed and decodes with the papers' "any".
 COMMIT_RULE_KEY = "bd_commit_rule"
-COMMIT_RULES = ("any", "prefix")
+COMMIT_RULES: tuple[str, ...] = get_args(CommitRule)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def convert_to_block_diffusion(
         ``bd_commit_rule`` on its config.
     """
     _check_block_size(block_size)
-    _check_commit_rule(commit_rule)
+    check_commit_rule(commit_rule)
     mask_id = mask_token_id(tokenizer)
     if mask_id >= model.config.vocab_size:
         raise ValueError(f"mask token id {mask_id} is outside the model's vocabulary ({model.config.vocab_size})")
@@ -98,7 +98,7 @@ def block_diffusion_spec(model: PreTrainedModel) -> BlockDiffusionSpec:
         raise ValueError("the model is not a block-diffusion model: convert it first (dgr2 convert)")
     _check_block_size(int(block_size))
     commit_rule = str(getattr(model.config, COMMIT_RULE_KEY, "any"))
-    _check_commit_rule(commit_rule)
+    check_commit_rule(commit_rule)
     return BlockDiffusionSpec(int(block_size), int(mask_id), bool(getattr(model.config, FOLD_KEY, False)), commit_rule)
 
 
@@ -110,9 +110,10 @@ def _check_block_size(block_size: int) -> None:
         )
 
 
-def _check_commit_rule(commit_rule: str) -> None:
+def check_commit_rule(commit_rule: str) -> None:
+    """ValueError unless ``commit_rule`` is one of ``COMMIT_RULES``."""
     if commit_rule not in COMMIT_RULES:
-        raise ValueError(f"commit rule {commit_rule!r} is not one of {', '.join(COMMIT_RULES)}")
+        raise ValueError(f"commit_rule must be one of {', '.join(COMMIT_RULES)}, got {commit_rule!r}")
 
 
 def mark_fold_commits(model: PreTrainedModel, trained: bool) -> None:

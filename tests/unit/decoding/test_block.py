@@ -113,7 +113,7 @@ def test_the_converted_model_carries_its_commit_rule(tokenizer, prompts):
     assert block_diffusion_spec(converted).commit_rule == "any"
     by_default = generate_blocks(converted, tokenizer, prompts, MAX_NEW, threshold=0.3, stop_token_ids=[])
     assert by_default.token_ids == generate_blocks(converted, tokenizer, prompts, MAX_NEW, threshold=0.3, stop_token_ids=[], commit_rule="any").token_ids
-    with pytest.raises(ValueError, match="commit rule"):
+    with pytest.raises(ValueError, match="commit_rule"):
         convert_to_block_diffusion(tiny_model(tokenizer), tokenizer, BLOCK, commit_rule="leftmost")
     with pytest.raises(ValueError, match="commit_rule"):
         generate_blocks(converted, tokenizer, prompts, MAX_NEW, commit_rule="leftmost")
