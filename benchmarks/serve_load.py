@@ -14,7 +14,8 @@ list, a threshold out of range, malformed JSON, in turn): the error rate must be
 ``--overload`` clients at once, far above what the service decodes: it must shed the excess with
 429 and ``Retry-After`` (``serving.max_pending``), answer no 5xx, and keep the answered requests'
 p99 bounded. Only a loopback URL is accepted: this is a load generator.
-Writes benchmarks/results/serve_load.md with the command, machine and date.
+Appends a section to benchmarks/results/serve_load.md with the command, machine, date, commit and
+``--label`` (which champion was served, on which host).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_run import REPO_ROOT, append_record, current_commit  # noqa: E402
+
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "serve_load.md"
 CONCURRENCY = (1, 8, 32)
 DECODERS = ("diffusion", "ar", "speculative")
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--mixed", type=int, default=100, help="requests in the mixed stream (every fifth bad)")
     parser.add_argument("--overload", type=int, default=128, help="clients at once in the overload phase")
     parser.add_argument("--overload-requests", type=int, default=512, help="requests in the overload phase")
+    parser.add_argument("--label", default="", help="what the section measures, e.g. which champion on which host")
     args = parser.parse_args()
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"--url must be a loopback address, got {args.url}")
@@ -178,7 +182,7 @@ def main() -> None:
     print(overload, file=sys.stderr)
 
     lines = [
-        "# Re-ranking service under load",
+        f"## {args.label or 'serve_load'}: {datetime.now(timezone.utc):%Y-%m-%d}, commit {current_commit()}",
         "",
         f"- command: `python benchmarks/serve_load.py --url {args.url} --requests {args.requests} --max-seconds {args.max_seconds:g} "
         f"--mixed {args.mixed} --overload {args.overload} --overload-requests {args.overload_requests}`",
@@ -200,7 +204,7 @@ def main() -> None:
         f"{overload['server_errors']} 5xx, {overload['other']} other. Answered latency: p50 {overload['p50']:.3f} s, "
         f"p99 {overload['p99']:.3f} s, max {overload['max']:.3f} s.",
     ]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    append_record(RESULTS, "# Re-ranking service under load\n", "\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
