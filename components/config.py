@@ -437,6 +437,10 @@ class ServingConfig(_Section):
     # Adaptive batching: concurrent requests wait at most this long to share one decode.
     max_batch_size: int = Field(16, ge=1)
     max_batch_wait_ms: float = Field(10.0, ge=0.0)
+    # Intra-op threads of a decode. Decodes run on the service's worker threads, and there a second
+    # OpenMP thread made batch-1 decodes 2-4x slower on a 2-core host and batch-16 ones no faster
+    # (benchmarks/results/serve_load.md, 2026-12-08); one thread leaves the other core to requests.
+    decode_threads: int = Field(1, ge=1)
     # A request waits at most this long for its decode; then it gets the pre-rank order with
     # fallback_reason "deadline" instead of a client-side timeout.
     deadline_ms: float = Field(30000.0, gt=0.0)

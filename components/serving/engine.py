@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from components.config import Config
 from components.decoding.ar import generate
 from components.decoding.block import generate_blocks
@@ -217,6 +219,9 @@ class Reranker:
         return self._decode("diffusion", self.shadow, self.cfg.evaluation.serving_threshold, batch)
 
     def _decode(self, decoder: Decoder, served: ServedModel, threshold: float | None, batch: list[Prepared]) -> list[dict[str, Any]]:
+        # OpenMP's thread count is per calling thread, and decodes run on whichever worker thread
+        # the batcher hands them to: set it on every decode.
+        torch.set_num_threads(self.cfg.serving.decode_threads)
         prompts = [p.prompt for p in batch]
         max_new_tokens = self.cfg.evaluation.max_new_tokens
         if decoder == "diffusion":
@@ -266,6 +271,7 @@ class Reranker:
 
     def warm_up(self) -> None:
         """One short decode per model, so the first request does not pay for lazy initialisation."""
+        torch.set_num_threads(self.cfg.serving.decode_threads)
         for served in [*self.models.values(), *([self.shadow] if self.shadow is not None else [])]:
             prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "warm-up"}], tokenize=False, add_generation_prompt=True)
             if is_block_diffusion(served.model):

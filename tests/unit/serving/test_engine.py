@@ -3,9 +3,11 @@ the candidates falls back to the pre-rank order; a valid answer is mapped back t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import components.serving.engine as engine
 from components.config import load_config
@@ -125,3 +127,28 @@ def test_fallback_answer_keeps_the_candidates_and_says_why(reranker: Reranker) -
         assert answer["fallback_reason"] == reason
     with pytest.raises(ValueError, match="unknown fallback reason"):
         reranker.fallback_answer(prepared, "crashed")
+
+
+def test_each_decode_sets_its_threads_intra_op_threads(reranker: Reranker) -> None:
+    """The service decodes on worker threads, where OpenMP keeps its own thread count per thread:
+    every decode sets that thread's count to serving.decode_threads, whatever it was before."""
+
+    def decode_on_this_thread(threads: int) -> int:
+        cfg = reranker.cfg.model_copy(deep=True)
+        cfg.serving.decode_threads = threads
+        configured = Reranker(cfg, reranker.models, StubFeatures())
+        prepared = configured.prepare(RerankRequest(CANDIDATES, user_id="u0"))
+        configured.decode(configured.batch_key(prepared), [prepared])
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(1) as worker:
+            assert [worker.submit(decode_on_this_thread, n).result() for n in (1, 3, 1)] == [1, 3, 1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_decode_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="decode_threads"):
+        load_config(None, ["serving.decode_threads=0"])
