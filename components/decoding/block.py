@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.decoding.ar import DecodeSetup, Generation, choose_tokens, decode_in_batches, eval_mode, left_pad
 from components.decoding.cache import InPlaceCache
-from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, check_commit_rule, block_step_mask, fold_step_mask, token_flags
+from components.modeling.block_diffusion import BlockDiffusionSpec, block_diffusion_spec, block_step_mask, check_commit_rule, fold_step_mask, token_flags
 
 # The commit step recorded for a block's first token, which is predicted from the previous block.
 AUTOREGRESSIVE_STEP = -1

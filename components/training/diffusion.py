@@ -144,7 +144,7 @@ def run_diffusion_rl(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str
     rl_cfg = cfg.diffusion_rl
 
     def make_loss(model: Any, tokenizer: Any, prompts: list[Any]) -> LossFn:
-        policy = block_policy(tokenizer, model, rl_cfg.temperature, rl_cfg.top_p, rl_cfg.threshold, rl_cfg.max_new_tokens, rl_cfg.commit_rule)
+        policy = block_policy(tokenizer, model, rl_cfg)
         return dapo_loss_fn(tokenizer, prompts, rl_cfg, policy, frozen_copy(model) if rl_cfg.kl_weight > 0 else None)
 
     return prompt_stage(cfg, DIFFUSION_RL_STAGE, rl_cfg, training_inputs(model_uri, dataset_uri, sid_uri, examples_uri), make_loss)

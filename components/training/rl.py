@@ -100,29 +100,21 @@ def ar_policy(tokenizer: PreTrainedTokenizerBase, cfg: RlConfig) -> RolloutPolic
     return RolloutPolicy(sample, log_probs)
 
 
-def block_policy(
-    tokenizer: PreTrainedTokenizerBase,
-    model: nn.Module,
-    temperature: float,
-    top_p: float,
-    threshold: float,
-    max_new_tokens: int,
-    commit_rule: str,
-) -> RolloutPolicy:
-    """The block decoder samples at ``threshold`` under ``commit_rule``; trajectory replay re-scores
-    every committed token on the state it was committed from."""
+def block_policy(tokenizer: PreTrainedTokenizerBase, model: nn.Module, cfg: RlConfig) -> RolloutPolicy:
+    """The block decoder samples at ``cfg.threshold`` under ``cfg.commit_rule``; trajectory replay
+    re-scores every committed token on the state it was committed from."""
     spec = block_diffusion_spec(model)
 
     def sample(policy: nn.Module, texts: list[str]) -> Generation:
         return generate_blocks(
-            policy, tokenizer, texts, max_new_tokens, threshold=threshold, temperature=temperature, top_p=top_p, batch_size=len(texts),
-            commit_rule=commit_rule,
+            policy, tokenizer, texts, cfg.max_new_tokens, threshold=cfg.threshold, temperature=cfg.temperature, top_p=cfg.top_p,
+            batch_size=len(texts), commit_rule=cfg.commit_rule,
         )
 
     def log_probs(policy: nn.Module, prompt_ids: list[list[int]], rollouts: Generation, rows: list[int]) -> tuple[Tensor, Tensor]:
         device = next(policy.parameters()).device
         batch = {k: v.to(device) for k, v in replay_batch(prompt_ids, rollouts, rows, spec, tokenizer.pad_token_id).items()}
-        return chosen(replay_log_probs(policy, batch, spec.mask_token_id, temperature), batch["targets"]), batch["weights"]
+        return chosen(replay_log_probs(policy, batch, spec.mask_token_id, cfg.temperature), batch["targets"]), batch["weights"]
 
     return RolloutPolicy(sample, log_probs)
 

@@ -126,7 +126,7 @@ def test_block_policy_keeps_invalid_rollouts_in_the_group_and_replays_on_policy(
 
     monkeypatch.setattr(rl, "rerank_reward", alternating)
     cfg = RlConfig(group_size=4, max_new_tokens=12)
-    policy = rl.block_policy(tokenizer, student, temperature=1.0, top_p=1.0, threshold=0.3, max_new_tokens=12, commit_rule="any")
+    policy = rl.block_policy(tokenizer, student, RlConfig(temperature=1.0, top_p=1.0, threshold=0.3, max_new_tokens=12, commit_rule="any"))
     torch.manual_seed(0)
     student.zero_grad()
     loss, extras = rl.dapo_loss_fn(tokenizer, prompts, cfg, policy)(student, {"prompt_index": torch.tensor([0])})
@@ -197,7 +197,7 @@ def test_block_rollouts_follow_the_commit_rule_they_are_given(setup):
     student = convert_to_block_diffusion(copy.deepcopy(model), tokenizer, 4, commit_rule="any")
     texts = [prompt.text for prompt in prompts] * 4
     torch.manual_seed(0)
-    rollouts = rl.block_policy(tokenizer, student, temperature=1.0, top_p=1.0, threshold=0.3, max_new_tokens=12, commit_rule="prefix").sample(student, texts)
+    rollouts = rl.block_policy(tokenizer, student, RlConfig(temperature=1.0, top_p=1.0, threshold=0.3, max_new_tokens=12, commit_rule="prefix")).sample(student, texts)
     for steps in rollouts.block_commit_steps:
         for start in range(0, len(steps), 4):
             assert steps[start : start + 4] == sorted(steps[start : start + 4])
