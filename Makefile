@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PROFILE ?= tiny
 STAMP := $(VENV)/.installed
 STACK_ENV ?= $${DGR2_HOME:-.dgr2}/stack/stack.env
+NOT_IMPORTED := /tests?/|/transformers/models/(?!(auto|bert|encoder_decoder|gpt2|qwen3)/)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -25,7 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-compile -e '.[test]'
 	# pip compiles bytecode one file at a time; compileall uses every core (about 20 s less on 2).
 	# A file some package ships that does not compile (a template, a test fixture) is left out, as pip would.
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	# Packages' own test suites and the transformers models nothing here loads are never imported:
+	# skipping them takes a third off the compile (54 -> 39 s on 2 cores).
+	$(BIN)/python -m compileall -q -j 0 -x '$(NOT_IMPORTED)' $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)

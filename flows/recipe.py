@@ -184,9 +184,9 @@ def recipe_flow(
 
     Returns:
         The summary: dataset version, model URIs, tau = 1 evaluations of every model (teacher
-        included), the final model's tau sweep and speed comparison, per-stage timings and facts,
-        and (with tracking on) the MLflow runs, registered versions, the promotion decision and,
-        for a new champion, its built Bento.
+        included) and the final model's at the serving tau, the final model's tau sweep and speed
+        comparison, per-stage timings and facts, and (with tracking on) the MLflow runs,
+        registered versions, the promotion decision and, for a new champion, its built Bento.
     """
     started = time.perf_counter()
     config = resolve_config(cfg, config, overrides)

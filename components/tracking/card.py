@@ -66,7 +66,10 @@ def _recipe_rows(summary: dict[str, Any], model_uri: str) -> list[str]:
         return []
     label = labels[0]
     lines = ["| model | users | R@1 | R@1 - floor, 95% CI | NDCG@3 | valid | copies the pre-rank order |", "|---|---|---|---|---|---|---|"]
-    rows = {name: report for name, report in summary.get("evaluations", {}).items() if name in (label, "SASRec")}
+    # The final model's row at the serving tau is labelled "<label> (tau=...)".
+    rows = {
+        name: report for name, report in summary.get("evaluations", {}).items() if name in (label, "SASRec") or name.startswith(f"{label} (tau=")
+    }
     for name, report in rows.items():
         test = _test_slice(report)
         lines.append(

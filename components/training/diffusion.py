@@ -23,7 +23,7 @@ from components.modeling.factory import load_model, save_model
 from components.prompts.render import ItemCatalog
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.training.cft import cft_loss_fn, complementary_mask, complementary_views, diffusion_example, pack_batch, whole_blocks
-from components.training.loop import BatchFn, LossFn, batch_indices, derive_seed
+from components.training.loop import BatchFn, LossFn, derive_seed, length_sorted_micro_batch
 from components.training.opd import opd_loss_fn
 from components.training.rl import block_policy, dapo_loss_fn, frozen_copy
 from components.training.teacher import encoded_traces, prompt_stage, train_stage, training_inputs
@@ -90,8 +90,10 @@ def run_cft(cfg: Config, model_uri: str, dataset_uri: str, sid_uri: str, traces_
         if not examples:
             raise ValueError("no CFT examples fit model.max_length")
 
+        lengths = [len(e.prompt_ids) + len(e.response_ids) for e in examples]
+
         def batches(index: int) -> dict[str, Any]:
-            rows = [examples[i] for i in batch_indices(len(examples), training.batch_size, index, training.seed).tolist()]
+            rows = [examples[i] for i in length_sorted_micro_batch(lengths, training, index)]
             # The masks are a pure function of the batch index, so a resumed run draws the same ones.
             generator = torch.Generator().manual_seed(derive_seed(training.seed, "cft-mask", index))
             rate = cfg.cft.whole_block_rate

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from components.prompts.midtrain import candidate_recall_examples, caption_examp
 from components.prompts.render import ItemCatalog, answer_candidates, render_example
 from components.stage import StageResult, StageSpec, cached_result, publishing
 from components.traces.build import read_traces
-from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, train
+from components.training.loop import BatchFn, LossFn, TrainResult, batch_indices, length_sorted_micro_batch, train
 from components.training.midtrain import encode_pairs
 from components.training.rl import RerankPrompt, ar_policy, dapo_loss_fn, frozen_copy, rerank_prompts
 from components.training.sft import EncodedExample, ExampleTooLong, collate, encode_sft_example, weighted_lm_loss
@@ -131,17 +131,15 @@ def encoded_traces(cfg: Config, tokenizer: Any, catalog: ItemCatalog, traces_uri
     return encoded
 
 
-def _encoded_batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int, pad_id: int) -> BatchFn:
-    def batches(index: int) -> dict[str, Any]:
-        return collate([encoded[i] for i in batch_indices(len(encoded), batch_size, index, seed).tolist()], pad_id)
-
-    return batches
-
-
 def _weighted_lm(encoded: list[EncodedExample], training: TrainingConfig, tokenizer: Any) -> tuple[BatchFn, LossFn]:
     if not encoded:
         raise ValueError("no training examples fit model.max_length")
-    return _encoded_batches(encoded, training.batch_size, training.seed, tokenizer.pad_token_id), weighted_lm_loss
+    lengths = [len(example.input_ids) for example in encoded]
+
+    def batches(index: int) -> dict[str, Any]:
+        return collate([encoded[i] for i in length_sorted_micro_batch(lengths, training, index)], tokenizer.pad_token_id)
+
+    return batches, weighted_lm_loss
 
 
 def _sample(pairs: list[Any], limit: int, seed: int) -> list[Any]:

@@ -26,6 +26,8 @@ AFTER_CONVERSION = (
     "evaluate CFT+OPD (tau=1.0)",
     "diffusion_rl",
     "evaluate CFT+OPD+RL (tau=1.0)",
+    # The serving tau (0.9) on every test user, though not among the thresholds; the others quick.
+    "evaluate CFT+OPD+RL (tau=0.9)",
     "evaluate CFT+OPD+RL (tau=0.5)",
     "speed",
     # The promotion gates score the valid split at the serving tau (0.9).
@@ -88,18 +90,20 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     for label, stage in zip(MODELS, ("cft", "opd", "diffusion_rl")):
         meta = json.loads((Path(summary["models"][label]) / "dgr2_model.json").read_text())
         assert meta["stage"] == stage and meta["parent_model_uri"] == summary["models"][parents[label]]
-        # The final model on every test user (the sample is 100 of them), the others on the quick scope.
-        final = label == "CFT+OPD+RL"
-        assert summary["evaluations"][label]["test"]["all"]["n"] == (300 if final else 50)
-        if final:
-            assert summary["evaluations"][label]["test"]["test_sample"]["n"] == 100
-    # Only the models scored on the teacher's users are paired with it: the final one at tau = 1
-    # (the sweep's tau 0.5 and the intermediate models are on the quick scope).
-    assert summary["teacher_label"] == "SFT+RL" and set(summary["vs_teacher"]) == {"CFT+OPD+RL"}
-    versus = summary["vs_teacher"]["CFT+OPD+RL"]
+        # Every model at tau = 1 on the quick scope.
+        assert summary["evaluations"][label]["test"]["all"]["n"] == 50
+    # The final model at the serving tau on every test user (the sample is 100 of them), in table 1 too.
+    served = summary["evaluations"]["CFT+OPD+RL (tau=0.9)"]
+    assert served == summary["sweep"]["0.9"] and served["test"]["all"]["n"] == 300 and served["test"]["test_sample"]["n"] == 100
+    assert summary["sweep"]["1.0"] == summary["evaluations"]["CFT+OPD+RL"]
+    assert summary["sweep"]["0.5"]["test"]["all"]["n"] == 50
+    # Only the models scored on the teacher's users are paired with it: the final one at the
+    # serving tau (tau = 1, the sweep's 0.5 and the intermediate models are on the quick scope).
+    assert summary["teacher_label"] == "SFT+RL" and set(summary["vs_teacher"]) == {"CFT+OPD+RL (tau=0.9)"}
+    versus = summary["vs_teacher"]["CFT+OPD+RL (tau=0.9)"]
     assert versus["n"] == 100 and versus["recall_at_1"]["ci_low"] <= versus["recall_at_1"]["mean"] <= versus["recall_at_1"]["ci_high"]
     assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
-    assert set(summary["sweep"]) == {str(t) for t in THRESHOLDS}
+    assert set(summary["sweep"]) == {str(t) for t in (*THRESHOLDS, 0.9)}
     # CFT trained whole-block masks (cft.whole_block_rate), so the student is marked for folded decoding.
     assert json.loads((Path(summary["models"]["CFT"]) / "config.json").read_text())["bd_fold_commits"] is True
     for batch in ("batch_1", "batch_16"):
@@ -120,7 +124,7 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     assert list(latest["evaluations"]) == list(summary["evaluations"]) and list(latest["stages"]) == list(summary["stages"])
     readable = dgr2(["report", "--config", "configs/tiny.yaml", *overrides], workspace)
     assert "Threshold sweep of CFT+OPD+RL" in readable.stdout and "speedup vs AR" in readable.stdout
-    assert "CFT+OPD+RL - teacher (n=100)" in readable.stdout
+    assert "CFT+OPD+RL (tau=0.9) - teacher (n=100)" in readable.stdout
     # Rich draws the tables with box characters, so the row is checked in the markdown it renders.
     assert "The speculative row decodes" in readable.stdout and "| speculative (AR GR2's output) |" in sweep_table(latest)
 

@@ -16,8 +16,9 @@ def _summary(model_uri: str) -> dict:
     test = {"n": 1615, "recall_at_1": {"mean": 0.4272}, "ndcg_at_3": {"mean": 0.563}, "valid_rate": 0.9994, "copied_pre_rank_rate": 0.5913,
             "vs_floor": {"recall_at_1": stat}, "floor": {"recall_at_1": {"mean": 0.3511}, "ndcg_at_3": {"mean": 0.4949}}}
     report = {"test": {"all": test, "test_sample": test, "decode": {"tokens_per_forward": 2.66}}}
+    quick = {"test": {"all": test | {"n": 200}, "decode": {"tokens_per_forward": 1.0}}}
     return {"dataset_version": "d1", "models": {"CFT+OPD+RL": model_uri}, "final": "CFT+OPD+RL",
-            "evaluations": {"CFT+OPD+RL": report}, "sweep": {"1.0": report, "0.9": report}}
+            "evaluations": {"CFT+OPD+RL": quick, "CFT+OPD+RL (tau=0.9)": report}, "sweep": {"1.0": quick, "0.9": report}}
 
 
 def test_the_champions_card_holds_its_lineage_gates_test_rows_history_and_limits(two_champions) -> None:  # noqa: F811
@@ -28,7 +29,9 @@ def test_the_champions_card_holds_its_lineage_gates_test_rows_history_and_limits
     assert "block-diffusion re-ranker (Diffusion-GR2) from stage `diffusion_rl`, block size 8" in card
     assert "Started from: gr2-ar/1" in card and "catalogue `amazon-beauty`" in card
     assert "## Promotion gates: champion (compared with version 1)" in card and "- pass: " in card
-    assert "| CFT+OPD+RL | 1,615 | 0.4272 | +0.0500 [+0.0100, +0.0900] | 0.5630 | 99.94% | 59.13% |" in card
+    # Its table-1 rows: tau = 1 on the quick scope, the serving tau on every test user.
+    assert "| CFT+OPD+RL | 200 | 0.4272 | +0.0500 [+0.0100, +0.0900] | 0.5630 | 99.94% | 59.13% |" in card
+    assert "| CFT+OPD+RL (tau=0.9) | 1,615 | 0.4272 | +0.0500 [+0.0100, +0.0900] | 0.5630 | 99.94% | 59.13% |" in card
     assert "| 0.9 | 1,615 | 0.4272 | 99.94% | 2.66 |" in card
     assert ": promote by " in card and "## Intended use and known limits" in card
     # A version the summary does not hold gets no test rows.

@@ -16,7 +16,7 @@ from components.modeling.factory import build_model
 from components.modeling.tokenizer import IM_END, build_tokenizer
 from components.prompts import CatalogItem, ItemCatalog, render_answer, render_messages
 from components.semantic_ids.format import all_sid_tokens, sid_string
-from components.training import LOSS_WEIGHT_KEY, TOKENS_KEY, batch_indices, train
+from components.training import LOSS_WEIGHT_KEY, TOKENS_KEY, batch_indices, length_sorted_micro_batch, train
 from components.training.sft import (
     ANSWER,
     PROMPT,
@@ -190,6 +190,40 @@ def test_a_few_training_steps_lower_the_loss(tokenizer, catalog, tmp_path: Path,
     train(model, batches, weighted_lm_loss, cfg, tmp_path, on_metrics=lambda step, metrics: seen.append(metrics))
     assert {"reasoning_loss", "answer_loss"} <= seen[0].keys()
     assert seen[-1]["loss"] < 0.5 * seen[0]["loss"]
+
+
+def test_length_sorted_micro_batches_keep_each_steps_examples_and_gradient(tokenizer, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [10 + (7 * k) % 23 for k in range(16)]
+    examples = [
+        EncodedExample(
+            input_ids=torch.randint(5, len(tokenizer), (n,), generator=generator).tolist(),
+            loss_weights=[0.0] * (n - 6) + [0.5] * 3 + [1.0] * 3,
+            segments=[PROMPT] * (n - 6) + [REASONING] * 3 + [ANSWER] * 3,
+        )
+        for n in lengths
+    ]
+    one_batch = TrainingConfig(learning_rate=1e-3, warmup_steps=0, max_steps=3, batch_size=8, checkpoint_every=10, log_every=1)
+    four_micro = one_batch.model_copy(update={"batch_size": 2, "grad_accum_steps": 4})
+    for step in range(3):
+        micro = [length_sorted_micro_batch(lengths, four_micro, step * 4 + m) for m in range(4)]
+        rows = [row for batch in micro for row in batch]
+        # The step's examples, each once; shortest first; less padding than one batch of 8.
+        assert sorted(rows) == sorted(batch_indices(len(examples), 8, step, one_batch.seed).tolist())
+        assert [lengths[row] for row in rows] == sorted(lengths[row] for row in rows)
+        assert sum(2 * max(lengths[row] for row in batch) for batch in micro) < 8 * max(lengths[row] for row in rows)
+
+    def batches(rows_of):
+        return lambda index: collate([examples[row] for row in rows_of(index)], tokenizer.pad_token_id)
+
+    model = build_model(ModelConfig(preset="tiny", max_length=128), tokenizer)
+    split_model = build_model(ModelConfig(preset="tiny", max_length=128), tokenizer)
+    split_model.load_state_dict(model.state_dict())
+    train(model, batches(lambda i: batch_indices(len(examples), 8, i, one_batch.seed).tolist()), weighted_lm_loss, one_batch, tmp_path / "one")
+    train(split_model, batches(lambda i: length_sorted_micro_batch(lengths, four_micro, i)), weighted_lm_loss, four_micro, tmp_path / "four")
+    for name, value in model.state_dict().items():
+        assert torch.allclose(split_model.state_dict()[name], value, atol=2e-5), name
 
 
 def test_loss_skips_leading_prompt_positions_without_changing_the_value(tokenizer, catalog) -> None:
