@@ -175,6 +175,11 @@ class EvaluationConfig(_Section):
     max_new_tokens: int = Field(320, ge=8)
     decode_batch_size: int = Field(64, ge=1)
 
+    @property
+    def decoding_taus(self) -> list[float]:
+        """The taus the final model is scored and timed at: ``thresholds`` and the serving tau, highest first."""
+        return sorted({*self.thresholds, self.serving_threshold}, reverse=True)
+
     @model_validator(mode="after")
     def _thresholds_in_range(self) -> "EvaluationConfig":
         if not self.thresholds or any(not 0.0 < t <= 1.0 for t in self.thresholds):

@@ -62,7 +62,7 @@ def compare_speed(
     """AR vs block decoding speed on the first test prompts.
 
     Args:
-        cfg: run config (``evaluation.thresholds``, ``speed_prompts_batch1/16``, ``max_new_tokens``).
+        cfg: run config (``evaluation.decoding_taus``, ``speed_prompts_batch1/16``, ``max_new_tokens``).
         student_uri: the converted (block-diffusion) model.
         teacher_uri: the AR model it was converted from.
         dataset_uri, sid_uri, examples_uri: the data flow's outputs.
@@ -91,10 +91,10 @@ def compare_speed(
         # Longest first, as the decoders order a whole list: batches of like lengths pad little.
         batch_prompts = sorted(prompts[:count], key=lambda prompt: -len(tokenizer(prompt).input_ids))
         decoders = {"ar": model_decoder(teacher, tokenizer, cfg, batch_size=batch_size)}
-        decoders |= {f"tau={tau}": model_decoder(student, tokenizer, cfg, tau, batch_size=batch_size) for tau in ecfg.thresholds}
+        decoders |= {f"tau={tau}": model_decoder(student, tokenizer, cfg, tau, batch_size=batch_size) for tau in ecfg.decoding_taus}
         decoders["speculative"] = speculative_decoder(teacher, student, tokenizer, cfg, batch_size=batch_size)
         # A warm-up batch per model so that one-off costs (allocations, kernel selection) are not timed.
-        for name in ("ar", f"tau={ecfg.thresholds[0]}"):
+        for name in ("ar", f"tau={ecfg.decoding_taus[0]}"):
             decoders[name](batch_prompts[:batch_size])
         generations = _interleaved(decoders, batch_prompts, batch_size)
         ar = generations["ar"]

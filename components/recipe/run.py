@@ -155,8 +155,10 @@ def run_diffusion(
     if final != "naive conversion":
         # The serving tau on every test user; the other points of the accuracy-speed frontier on
         # the quick scope (tau = 1 is the evaluation above).
-        taus = sorted({*cfg.evaluation.thresholds, serving}, reverse=True)
-        sweep = {str(tau): evaluations[final] if tau == 1.0 else evaluate(final, tau, "" if tau == serving else "quick") for tau in taus}
+        sweep = {
+            str(tau): evaluations[final] if tau == 1.0 else evaluate(final, tau, "" if tau == serving else "quick")
+            for tau in cfg.evaluation.decoding_taus
+        }
         if serving != 1.0:
             evaluations[f"{final} (tau={serving})"] = sweep[str(serving)]
         stages["speed"] = run("speed", "speed", models[final], teacher_uri, *data)

@@ -18,6 +18,8 @@ from tests.e2e.conftest import dgr2
 from tests.e2e.test_train_teacher_command import TEACHER_STAGES, _overrides
 
 THRESHOLDS = (1.0, 0.5)
+# The final model is scored and timed at the thresholds and at the serving tau (0.9).
+DECODING_TAUS = (*THRESHOLDS, 0.9)
 MODELS = ("CFT", "CFT+OPD", "CFT+OPD+RL")
 AFTER_CONVERSION = (
     "cft",
@@ -103,14 +105,14 @@ def test_convert_then_the_whole_recipe_then_report_then_only_cft_onwards_reruns(
     versus = summary["vs_teacher"]["CFT+OPD+RL (tau=0.9)"]
     assert versus["n"] == 100 and versus["recall_at_1"]["ci_low"] <= versus["recall_at_1"]["mean"] <= versus["recall_at_1"]["ci_high"]
     assert summary["stage_metrics"]["opd"]["steps"] == 2 and summary["stage_metrics"]["diffusion_rl"]["steps"] == 2
-    assert set(summary["sweep"]) == {str(t) for t in (*THRESHOLDS, 0.9)}
+    assert set(summary["sweep"]) == {str(t) for t in DECODING_TAUS}
     # CFT trained whole-block masks (cft.whole_block_rate), so the student is marked for folded decoding.
     assert json.loads((Path(summary["models"]["CFT"]) / "config.json").read_text())["bd_fold_commits"] is True
     for batch in ("batch_1", "batch_16"):
         entries = summary["speed"][batch]
-        assert set(entries) == {"ar", "speculative", *(f"tau={t}" for t in THRESHOLDS)}
+        assert set(entries) == {"ar", "speculative", *(f"tau={t}" for t in DECODING_TAUS)}
         assert entries["ar"]["tokens_per_forward"] == 1.0
-        assert all(entries[f"tau={t}"]["speedup"] > 0 for t in THRESHOLDS)
+        assert all(entries[f"tau={t}"]["speedup"] > 0 for t in DECODING_TAUS)
         # The speculative decoder returns the teacher's output, whatever the student drafts.
         assert entries["speculative"]["same_output_as_ar"] == 1.0 and entries["speculative"]["mean_accepted_length"] >= 0
 
