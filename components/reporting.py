@@ -88,8 +88,8 @@ def teacher_summary_markdown(summary: dict[str, Any]) -> str:
 
 def recipe_summary_markdown(summary: dict[str, Any]) -> str:
     """The recipe's summary: table 1 (floor, AR teacher, every block-diffusion model at tau = 1 and
-    the final one at the serving tau) on every evaluated slice, table 2 (the final model's tau sweep), the decode speed comparison,
-    then stage facts."""
+    the final one at the serving tau) on every evaluated slice, table 2 (the final model's tau
+    sweep), the decode speed comparison, then stage facts."""
     return _summary_markdown(summary, "Diffusion-GR2 recipe")
 
 
