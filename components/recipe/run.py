@@ -82,6 +82,11 @@ def run_teacher(
     return {"models": models, "evaluations": evaluations, "traces_uri": traces_uri} | summarize_stages(stages)
 
 
+def at_tau(label: str, tau: float | str) -> str:
+    """A block-diffusion model's name at one decoding tau, as evaluations, stages and cards show it."""
+    return f"{label} (tau={tau})"
+
+
 def run_diffusion(
     cfg: Config,
     teacher_uri: str,
@@ -118,7 +123,7 @@ def run_diffusion(
     evaluations: dict[str, Any] = {}
 
     def evaluate(label: str, tau: float, scope: str = "") -> dict[str, Any]:
-        name = f"evaluate {label} (tau={tau})"
+        name = f"evaluate {at_tau(label, tau)}"
         stages[name] = run(name, "evaluate", models[label], *data, str(tau), scope)
         return stages[name]["metrics"]
 
@@ -160,7 +165,7 @@ def run_diffusion(
             for tau in cfg.evaluation.decoding_taus
         }
         if serving != 1.0:
-            evaluations[f"{final} (tau={serving})"] = sweep[str(serving)]
+            evaluations[at_tau(final, serving)] = sweep[str(serving)]
         stages["speed"] = run("speed", "speed", models[final], teacher_uri, *data)
         speed = stages["speed"]["metrics"]
     return {"models": models, "evaluations": evaluations, "sweep": sweep, "final": final, "speed": speed} | summarize_stages(stages)
@@ -175,7 +180,7 @@ def recipe_summary(teacher: dict[str, Any], diffusion: dict[str, Any], teacher_u
     teacher's accuracy)."""
     teacher_label = next(label for label, uri in teacher["models"].items() if uri == teacher_uri)
     students = diffusion["evaluations"] | {
-        f"{diffusion['final']} (tau={tau})": report for tau, report in diffusion["sweep"].items() if float(tau) != 1.0
+        at_tau(diffusion["final"], tau): report for tau, report in diffusion["sweep"].items() if float(tau) != 1.0
     }
     compared = {label: paired_comparison(report, teacher["evaluations"][teacher_label], cfg) for label, report in students.items()}
     return {
